@@ -1,0 +1,301 @@
+"""The cascade driver: runs any slice of an ordered list of stages.
+
+A trained cascade is a folder::
+
+    cascade.yaml            names the stages in order and the CLIP to use
+    <stage>.safetensors     one per stage, its resolved config in the metadata
+    clip.safetensors        a custom CLIP, when the cascade ships one
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import Field
+
+from cdm3d.core.clip import ClipEncoder
+from cdm3d.core.conditioning import Conditioning
+from cdm3d.core.config import StrictConfig, load_yaml, validate
+from cdm3d.core.stage import Stage
+from cdm3d.core.stage_io import build_stage, load_stage, save_stage
+from cdm3d.errors import CheckpointError, ConfigError, InputError
+
+CASCADE_FILE = "cascade.yaml"
+CASCADE_FORMAT = "cdm3d-cascade/1"
+StageCallback = Callable[[str, int, int], None]
+
+
+class ClipRef(StrictConfig):
+    """Which CLIP a cascade conditions on: a file in the folder, or an open_clip name."""
+
+    weights: str | None = None
+    model: str | None = None
+    pretrained: str | None = None
+
+
+class StageEntry(StrictConfig):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+    weights: str
+
+
+class CascadeFile(StrictConfig):
+    format: str = CASCADE_FORMAT
+    clip: ClipRef | None = None
+    stages: list[StageEntry]
+
+
+class StageSpec(StrictConfig):
+    """A stage in a cascade *recipe* (configs/cascades/*.yaml): a name and a config."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+    config: str | dict[str, Any]
+
+
+class CascadeRecipe(StrictConfig):
+    clip: ClipRef | None = None
+    stages: list[StageSpec]
+
+
+@dataclass
+class CascadeOutput:
+    """Every stage's output of one run, in cascade order."""
+
+    outputs: dict[str, Any]
+    cond: Conditioning
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.outputs:
+            raise KeyError(f"no output of stage {name!r}; this run produced {list(self.outputs)}")
+        return self.outputs[name]
+
+    @property
+    def final(self) -> Any:
+        return next(reversed(self.outputs.values()))
+
+
+def stage_seed(seed: int, name: str) -> int:
+    """Each stage's generator seed: depends on the run's seed and the stage's name only,
+    so a slice of the cascade reproduces the same stage outputs as the full run."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
+
+
+class Cascade:
+    """An ordered list of named stages plus the CLIP encoder that conditions them."""
+
+    def __init__(self, stages: Iterable[tuple[str, Stage]], clip: ClipEncoder | None = None,
+                 clip_ref: ClipRef | None = None) -> None:
+        self.stages: dict[str, Stage] = {}
+        for name, stage in stages:
+            if name in self.stages:
+                raise ConfigError(f"stage name {name!r} is used twice in the cascade")
+            if not isinstance(stage, Stage):
+                raise ConfigError(f"stage {name!r} is a {type(stage).__name__}, not a cdm3d Stage")
+            stage.name = name
+            self.stages[name] = stage
+        if not self.stages:
+            raise ConfigError("a cascade needs at least one stage")
+        self.clip = clip
+        self.clip_ref = clip_ref
+        self._check_chain()
+
+    def _check_chain(self) -> None:
+        stages = list(self.stages.values())
+        for prev, stage in zip(stages, stages[1:]):
+            if stage.consumes != prev.produces:
+                raise ConfigError(
+                    f"stage '{stage.name}' consumes {stage.consumes} but '{prev.name}' produces {prev.produces}"
+                )
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.stages)
+
+    # -- running ------------------------------------------------------------------------
+    def encode(self, prompts: Any = None, images: torch.Tensor | None = None) -> Conditioning:
+        if self.clip is None:
+            raise ConfigError("this cascade has no CLIP encoder; pass a Conditioning to run() instead")
+        return self.clip.encode(prompts, images)
+
+    def _slice(self, start_at: str | None, stop_at: str | None) -> list[str]:
+        names = self.names
+        for label, value in (("start_at", start_at), ("stop_at", stop_at)):
+            if value is not None and value not in self.stages:
+                raise InputError(f"{label}={value!r} is not a stage of this cascade; stages: {names}")
+        i = names.index(start_at) if start_at else 0
+        j = names.index(stop_at) + 1 if stop_at else len(names)
+        if i >= j:
+            raise InputError(f"start_at={start_at!r} comes after stop_at={stop_at!r}")
+        return names[i:j]
+
+    def run(
+        self,
+        cond: Conditioning,
+        *,
+        seed: int = 0,
+        start_at: str | None = None,
+        stop_at: str | None = None,
+        init: Any = None,
+        sampling: dict[str, dict[str, Any]] | None = None,
+        device: torch.device | str | None = None,
+        offload: bool = False,
+        progress: bool = True,
+        callback: StageCallback | None = None,
+    ) -> CascadeOutput:
+        """Run stages ``start_at``..``stop_at`` (inclusive) and return every output.
+
+        Args:
+            cond: the batch's conditioning, computed once for all stages.
+            seed: the run's seed; each stage draws from its own generator.
+            init: the output the first run stage consumes (needed when ``start_at``
+                is not the first stage).
+            sampling: per-stage overrides, ``{"upsample": {"steps": 16}}``.
+            device: where stages run (default: where they are).
+            offload: keep only the running stage on ``device``; the others go to the CPU.
+            progress: show a progress bar per stage.
+            callback: called as ``callback(stage_name, step, total)``.
+        """
+        import time
+
+        from tqdm.auto import tqdm
+
+        names = self._slice(start_at, stop_at)
+        sampling = dict(sampling or {})
+        unknown = set(sampling) - set(self.stages)
+        if unknown:
+            raise InputError(f"sampling settings for unknown stages {sorted(unknown)}; stages: {self.names}")
+        if names[0] != self.names[0] and init is None:
+            raise InputError(f"starting at '{names[0]}' needs init=<output of the stage before it>")
+        if offload and device is not None:
+            for stage in self.stages.values():
+                stage.to("cpu")
+        outputs: dict[str, Any] = {}
+        timings: dict[str, float] = {}
+        prev = init
+        for k, name in enumerate(names):
+            stage = self.stages[name]
+            if device is not None:
+                stage.to(device)
+            settings = sampling.get(name)
+            total = stage.num_steps(settings)
+            bar = tqdm(total=total, desc=f"[{k + 1}/{len(names)}] {name}", disable=not progress, leave=False)
+
+            def step(i: int, n: int, name: str = name, bar: Any = bar) -> None:
+                bar.update(1)
+                if callback is not None:
+                    callback(name, i, n)
+
+            generator = torch.Generator().manual_seed(stage_seed(seed, name))
+            start = time.perf_counter()
+            try:
+                prev = stage.sample(prev, cond, generator=generator, sampling=settings, callback=step)
+            finally:
+                bar.close()
+                if offload and device is not None:
+                    stage.to("cpu")
+            timings[name] = time.perf_counter() - start
+            outputs[name] = prev
+        return CascadeOutput(outputs, cond, timings)
+
+    def __call__(self, prompts: Any = None, images: torch.Tensor | None = None, **kwargs: Any) -> CascadeOutput:
+        return self.run(self.encode(prompts, images), **kwargs)
+
+    def to(self, device: torch.device | str) -> Cascade:
+        for stage in self.stages.values():
+            stage.to(device)
+        if self.clip is not None:
+            self.clip.to(device)
+        return self
+
+    # -- persistence ----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the cascade folder; a crash leaves any previous folder intact."""
+        directory = Path(directory)
+        if directory.exists() and not overwrite:
+            raise InputError(f"{directory} exists; pass overwrite=True to replace it")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            entries = []
+            for name, stage in self.stages.items():
+                save_stage(stage, tmp / f"{name}.safetensors")
+                entries.append({"name": name, "weights": f"{name}.safetensors"})
+            clip: dict[str, Any] | None = None
+            if self.clip is not None and self.clip.custom_config is not None:
+                self.clip.save(tmp / "clip.safetensors")
+                clip = {"weights": "clip.safetensors"}
+            elif self.clip_ref is not None:
+                clip = self.clip_ref.model_dump(exclude_none=True)
+            doc = {"format": CASCADE_FORMAT, "clip": clip, "stages": entries}
+            (tmp / CASCADE_FILE).write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+            if directory.exists():
+                backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+                backup.rmdir()
+                directory.rename(backup)
+                tmp.rename(directory)
+                shutil.rmtree(backup)
+            else:
+                tmp.rename(directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, load_clip: bool = True) -> Cascade:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"cascade folder not found: {directory}")
+        if not (directory / CASCADE_FILE).is_file():
+            raise CheckpointError(f"{directory} is not a cdm3d cascade folder (no {CASCADE_FILE})")
+        try:
+            doc = validate(CascadeFile, load_yaml(directory / CASCADE_FILE), str(directory / CASCADE_FILE))
+        except ConfigError as err:
+            raise CheckpointError(str(err)) from None
+        if doc.format != CASCADE_FORMAT:
+            raise CheckpointError(f"{directory}: format {doc.format!r}; this cdm3d reads {CASCADE_FORMAT!r}")
+        stages = []
+        for entry in doc.stages:
+            path = _inside(directory, entry.weights)
+            stages.append((entry.name, load_stage(path)))
+        clip = _load_clip(directory, doc.clip) if load_clip and doc.clip is not None else None
+        return cls(stages, clip=clip, clip_ref=doc.clip)
+
+    @classmethod
+    def from_config(cls, path: str | Path, *, clip: ClipEncoder | None = None) -> Cascade:
+        """An untrained cascade from a recipe YAML whose stages name config files or inline configs."""
+        path = Path(path)
+        recipe = validate(CascadeRecipe, load_yaml(path), str(path))
+        stages = []
+        for spec in recipe.stages:
+            data = spec.config
+            if isinstance(data, str):
+                data = load_yaml((path.parent / data).resolve())
+            stages.append((spec.name, build_stage(data, f"config of stage '{spec.name}'")))
+        if clip is None and recipe.clip is not None:
+            clip = _load_clip(path.parent, recipe.clip)
+        return cls(stages, clip=clip, clip_ref=recipe.clip)
+
+
+def _inside(directory: Path, relative: str) -> Path:
+    """``directory / relative``, refusing paths that leave the folder."""
+    path = (directory / relative).resolve()
+    if directory.resolve() not in path.parents:
+        raise CheckpointError(f"{directory}/{CASCADE_FILE} points outside its folder: {relative!r}")
+    return path
+
+
+def _load_clip(directory: Path, ref: ClipRef) -> ClipEncoder:
+    if ref.weights is not None:
+        return ClipEncoder.load(_inside(directory, ref.weights))
+    if ref.model is not None and ref.pretrained is not None:
+        return ClipEncoder.from_pretrained(ref.model, ref.pretrained)
+    raise CheckpointError("clip entry needs 'weights', or both 'model' and 'pretrained'")

@@ -1,0 +1,264 @@
+"""``ClipEncoder``: a frozen open_clip model that encodes prompts and images once.
+
+The encoder is a plain class, not an ``nn.Module`` attribute of any stage, so
+its weights never enter a stage's weights. open_clip (and with it torchvision
+and PIL) is imported on first use only.
+
+Three ways to get one:
+
+* ``ClipEncoder.from_pretrained("ViT-B-32", "openai")``: an open_clip model with a
+  pretrained tag, from the local cache (offline unless ``allow_download``);
+* ``ClipEncoder.from_checkpoint(path, "ViT-B-32")``: a local open_clip checkpoint;
+* ``ClipEncoder.from_config({...})`` / ``ClipEncoder.load(path)``: a custom small CLIP,
+  the kind cdm3d ships, saved as safetensors with its config inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import unicodedata
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cdm3d.core.checkpoint import config_from_metadata, load_state_into, load_tensors, save_tensors
+from cdm3d.core.conditioning import Conditioning
+from cdm3d.errors import ConfigError, InputError, UnavailableError
+
+MAX_PROMPT_CHARS = 2000
+_ALTERNATIVES = (
+    "alternatives: a local open_clip checkpoint (ClipEncoder.from_checkpoint(path, model_name)), "
+    "a custom small CLIP (ClipEncoder.from_config(cfg) or ClipEncoder.load(path)), "
+    "or the CLIP shipped inside a cdm3d cascade folder"
+)
+
+
+def check_prompts(prompts: Any) -> list[str]:
+    """Validated prompts: a non-empty list of non-empty, printable strings."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise InputError(f"prompts must be a string or a non-empty list of strings, got {type(prompts).__name__}")
+    out = []
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InputError(f"prompt {i} must be a string, got {type(p).__name__}")
+        if any(unicodedata.category(ch) == "Cc" and ch not in "\t\n" for ch in p):
+            raise InputError(f"prompt {i} contains control characters; remove them")
+        if not p.strip():
+            raise InputError(f"prompt {i} is empty; describe the object to generate")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise InputError(f"prompt {i} has {len(p)} characters; at most {MAX_PROMPT_CHARS} are accepted")
+        out.append(" ".join(p.split()))
+    return out
+
+
+def check_images(images: Any) -> torch.Tensor:
+    """Validated images: a float tensor ``[B, 3, H, W]`` with values in [0, 1]."""
+    if not isinstance(images, torch.Tensor):
+        raise InputError(f"images must be a tensor [B, 3, H, W] in [0, 1], got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+        raise InputError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise InputError(f"images must be floating point in [0, 1], got {images.dtype}")
+    if not torch.isfinite(images).all():
+        raise InputError("images hold NaN or Inf values")
+    if images.min() < -1e-3 or images.max() > 1 + 1e-3:
+        raise InputError("image values must lie in [0, 1]")
+    if min(images.shape[-2:]) < 8:
+        raise InputError(f"images of {images.shape[-2]}x{images.shape[-1]} px are too small (at least 8x8)")
+    return images
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    if not offline:
+        yield
+        return
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        constants = None
+    old_const = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = old_const
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+class ClipEncoder:
+    """A frozen CLIP text/image encoder producing :class:`Conditioning`.
+
+    Args:
+        model: an ``open_clip`` CLIP model.
+        tokenizer: its tokenizer (callable on a list of strings).
+        name: a short description for messages and metadata.
+        custom_config: the open_clip model config when the model is a custom one
+            (needed to save it); ``None`` for named architectures.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, name: str, custom_config: dict[str, Any] | None = None):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.custom_config = custom_config
+        self._null_text: torch.Tensor | None = None
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, model_name: str, pretrained: str, *, allow_download: bool = False, cache_dir: str | None = None
+    ) -> ClipEncoder:
+        import open_clip
+
+        if model_name not in open_clip.list_models():
+            raise ConfigError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+        try:
+            with _hub_offline(not allow_download):
+                model = open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir)
+        except Exception as err:
+            raise UnavailableError(
+                f"CLIP weights {model_name}/{pretrained} are not available offline here ({err}); {_ALTERNATIVES}"
+            ) from None
+        return cls(model, open_clip.get_tokenizer(model_name), f"{model_name}/{pretrained}")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, model_name: str) -> ClipEncoder:
+        import open_clip
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"CLIP checkpoint not found: {path}")
+        if model_name not in open_clip.list_models():
+            raise ConfigError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+        try:
+            # open_clip loads .safetensors directly and other files with weights_only=True.
+            model = open_clip.create_model(model_name, pretrained=str(path))
+        except Exception as err:
+            raise UnavailableError(f"cannot load CLIP checkpoint {path} as {model_name}: {err}") from None
+        return cls(model, open_clip.get_tokenizer(model_name), f"{model_name}/{path.name}")
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], seed: int = 0) -> ClipEncoder:
+        """A custom CLIP, randomly initialised (train it, or :meth:`load` trained weights)."""
+        import open_clip
+
+        if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
+            raise ConfigError("a custom CLIP config needs 'embed_dim', 'vision_cfg' and 'text_cfg'")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            try:
+                model = open_clip.CLIP(**config)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"invalid custom CLIP config: {err}") from None
+        context = int(config["text_cfg"].get("context_length", 77))
+        tokenizer = open_clip.SimpleTokenizer(context_length=context)
+        return cls(model, tokenizer, "custom", custom_config=config)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClipEncoder:
+        """A custom CLIP saved by :meth:`save` (safetensors, config inside)."""
+        tensors, meta = load_tensors(path)
+        config = config_from_metadata(path, meta, "clip")
+        enc = cls.from_config(config)
+        load_state_into(enc.model, tensors, path)
+        enc.name = meta.get("cdm3d.name", Path(path).stem)
+        return enc
+
+    def save(self, path: str | Path) -> None:
+        import json
+
+        if self.custom_config is None:
+            raise InputError(
+                f"CLIP '{self.name}' is a named open_clip model; cascades refer to it by name "
+                "instead of copying its weights"
+            )
+        save_tensors(
+            path,
+            self.model.state_dict(),
+            {"cdm3d.kind": "clip", "cdm3d.name": self.name, "cdm3d.config": json.dumps(self.custom_config)},
+        )
+
+    # -- properties -------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") else int(
+            self.model.visual.output_dim
+        )
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def to(self, device: torch.device | str) -> ClipEncoder:
+        self.model.to(device)
+        self._null_text = None
+        return self
+
+    # -- encoding ---------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """``[B, D]`` unit-norm text embeddings (prompts are not validated here)."""
+        tokens = self.tokenizer(list(prompts)).to(self.device)
+        emb = self.model.encode_text(tokens).float()
+        return torch.nn.functional.normalize(emb, dim=-1)
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` unit-norm image embeddings of ``images [B, 3, H, W]`` in [0, 1]."""
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        images = check_images(images).to(self.device, torch.float32)
+        size = self.image_size
+        if images.shape[-2:] != (size, size):
+            images = torch.nn.functional.interpolate(
+                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        mean = torch.tensor(OPENAI_DATASET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(OPENAI_DATASET_STD, device=self.device).view(1, 3, 1, 1)
+        emb = self.model.encode_image((images - mean) / std).float()
+        return torch.nn.functional.normalize(emb, dim=-1)
+
+    def null_text(self) -> torch.Tensor:
+        if self._null_text is None:
+            self._null_text = self.encode_text([""])[0]
+        return self._null_text
+
+    def encode(self, prompts: Any = None, images: torch.Tensor | None = None) -> Conditioning:
+        """Conditioning for a batch of prompts, images, or both (same batch size).
+
+        Returns a :class:`Conditioning` with slots "text" and/or "image" and the null
+        embeddings of both (CLIP's empty prompt for text, zeros for images).
+        """
+        if prompts is None and images is None:
+            raise InputError("give prompts, images, or both to condition on")
+        embeddings: dict[str, torch.Tensor] = {}
+        checked = None
+        if prompts is not None:
+            checked = check_prompts(prompts)
+            embeddings["text"] = self.encode_text(checked)
+        if images is not None:
+            embeddings["image"] = self.encode_image(images)
+        sizes = {k: v.shape[0] for k, v in embeddings.items()}
+        if len(set(sizes.values())) != 1:
+            raise InputError(f"prompts and images differ in number: {sizes}")
+        null_text = self.null_text()
+        null = {"text": null_text, "image": torch.zeros_like(null_text)}
+        return Conditioning(embeddings, null, checked, {"clip": self.name})

@@ -1,0 +1,65 @@
+"""Classifier-free guidance as a wrapper around the denoiser call.
+
+Samplers never see guidance: they get a ``model_fn(x, t)`` and the wrapper
+runs the conditional and unconditional passes in one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+# net(x_t, t, emb, cond_input, cond_level) -> prediction, the denoiser contract.
+NetFn = Callable[..., torch.Tensor]
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _double(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else torch.cat([t, t])
+
+
+def guided(
+    net: NetFn,
+    emb: torch.Tensor,
+    null_emb: torch.Tensor,
+    scale: float,
+    extras: tuple[torch.Tensor | None, ...] = (),
+) -> ModelFn:
+    """``model_fn(x, t)`` that applies guidance ``scale`` to ``net``.
+
+    Args:
+        net: the denoiser, called as ``net(x, t, emb, *extras)``.
+        emb: ``[B, K, D]`` conditional embedding tokens.
+        null_emb: ``[B, K, D]`` their null (unconditional) counterpart.
+        scale: 1 disables guidance (one pass); 0 is fully unconditional.
+        extras: further per-example inputs (conditioning input, augmentation level),
+            batched along dim 0 or ``None``.
+    """
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
+        if scale == 1.0:
+            return net(x, t, emb, *extras)
+        if scale == 0.0:
+            return net(x, t, null_emb, *extras)
+        out = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([emb, null_emb]), *map(_double, extras))
+        cond, uncond = out.chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    return model_fn
+
+
+def drop_embeddings(
+    emb: torch.Tensor, null_emb: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Training side of guidance: replace each example's tokens by the null ones with ``drop_prob``.
+
+    Args:
+        emb, null_emb: ``[B, K, D]``.
+    """
+    if drop_prob <= 0:
+        return emb
+    keep = torch.rand(emb.shape[0], generator=generator, device="cpu") >= drop_prob
+    keep = keep.to(emb.device).view(-1, *([1] * (emb.ndim - 1)))
+    return torch.where(keep, emb, null_emb)

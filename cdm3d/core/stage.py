@@ -1,0 +1,294 @@
+"""The stage protocol and the generic diffusion stage.
+
+A stage turns the previous stage's output (``None`` for the first) into a finer
+output, conditioned on the shared :class:`Conditioning`. A modality plugin
+subclasses :class:`DiffusionStage` and supplies only the network, the sample
+shape, and how the previous output becomes this stage's conditioning input.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from cdm3d.core.augmentation import AugmentationConfig, draw_levels, noise_condition
+from cdm3d.core.conditioning import Conditioning
+from cdm3d.core.config import StrictConfig, updated, validate
+from cdm3d.core.guidance import drop_embeddings, guided
+from cdm3d.core.sampling import sample_loop
+from cdm3d.core.schedulers import NoiseScheduleConfig, SchedulerName, make_scheduler
+from cdm3d.errors import InputError
+
+StepCallback = Callable[[int, int], None]
+
+
+class StageConfig(StrictConfig):
+    """Fields every stage config has; ``type`` selects the stage class in the registry."""
+
+    type: str
+
+
+class Stage(nn.Module, ABC):
+    """One step of a cascade.
+
+    Class attributes:
+        Config: the stage's typed config class.
+        consumes: the kind of output the stage takes from its predecessor
+            ("PointClouds"), or ``None`` for a first stage.
+        produces: the kind of output it returns.
+    """
+
+    Config: ClassVar[type[StageConfig]] = StageConfig
+    consumes: ClassVar[str | None] = None
+    produces: ClassVar[str] = ""
+
+    def __init__(self, config: StageConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.Config):
+            raise InputError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.name = config.type
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stage:
+        return cls(validate(cls.Config, data, f"config of stage '{data.get('type', cls.__name__)}'"))
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def num_steps(self, sampling: Any = None) -> int:
+        """How many progress steps :meth:`sample` reports."""
+        return 1
+
+    def check_prev(self, prev: Any) -> None:
+        """Raise :class:`InputError` unless ``prev`` is what this stage consumes."""
+        if self.consumes is None:
+            if prev is not None:
+                raise InputError(f"stage '{self.name}' is a first stage and takes no previous output")
+            return
+        if prev is None or type(prev).__name__ != self.consumes:
+            got = "nothing" if prev is None else type(prev).__name__
+            raise InputError(f"stage '{self.name}' consumes {self.consumes}, got {got}")
+
+    @abstractmethod
+    def sample(
+        self,
+        prev: Any,
+        cond: Conditioning,
+        *,
+        generator: torch.Generator | None = None,
+        sampling: Any = None,
+        callback: StepCallback | None = None,
+    ) -> Any:
+        """This stage's output for a batch (``cond.batch_size`` examples)."""
+
+
+class SamplingConfig(StrictConfig):
+    """Sampling-time settings of a diffusion stage (each can be overridden per call)."""
+
+    scheduler: SchedulerName = "ddim"
+    steps: int = Field(32, ge=1, le=1000)
+    guidance_scale: float = 3.0
+    # Conditioning augmentation level at sampling time, in [0, 1].
+    aug_level: float = Field(0.0, ge=0.0, le=1.0)
+    check_finite: bool = True
+
+
+class DiffusionConfig(StrictConfig):
+    """Training-side settings of a diffusion stage."""
+
+    schedule: NoiseScheduleConfig = NoiseScheduleConfig()
+    # Probability of replacing the CLIP tokens by the null tokens (trains guidance).
+    cond_drop_prob: float = Field(0.1, ge=0.0, le=1.0)
+    augmentation: AugmentationConfig = AugmentationConfig()
+
+
+class DiffusionStageConfig(StageConfig):
+    """Config of a diffusion stage; plugins add ``network`` and shape fields."""
+
+    # Conditioning slots the network reads, one token each, in this order.
+    cond_keys: list[str] = ["text"]
+    embed_dim: int = Field(512, ge=1)
+    diffusion: DiffusionConfig = DiffusionConfig()
+    sampling: SamplingConfig = SamplingConfig()
+
+    @model_validator(mode="after")
+    def _check_common(self) -> DiffusionStageConfig:
+        if not self.cond_keys or len(set(self.cond_keys)) != len(self.cond_keys):
+            raise ValueError(f"cond_keys must be non-empty and distinct, got {self.cond_keys}")
+        if self.sampling.steps > self.diffusion.schedule.num_train_timesteps:
+            raise ValueError("sampling.steps exceeds diffusion.schedule.num_train_timesteps")
+        return self
+
+
+class DiffusionStage(Stage):
+    """A generic diffusion stage.
+
+    The network contract (every plugin's denoiser)::
+
+        net(x_t [B, *S], t [B] float timesteps, emb [B, K, D],
+            cond [B, *C] | None, cond_level [B] | None) -> prediction [B, *S]
+
+    ``emb`` holds one CLIP token per conditioning slot (``config.cond_keys``),
+    ``cond`` is the (noised) previous output as :meth:`condition_input` makes it,
+    ``cond_level`` its augmentation level. First stages get ``None`` for both.
+    """
+
+    Config: ClassVar[type[StageConfig]] = DiffusionStageConfig
+    config: DiffusionStageConfig
+
+    def __init__(self, config: DiffusionStageConfig) -> None:
+        super().__init__(config)
+        if self.consumes is None and config.diffusion.augmentation.max_level > 0:
+            raise InputError(f"stage '{self.name}' has no conditioning input to augment")
+        self.net = self.build_network()
+        # The training-side forward process (DDPM's alphas); not part of the weights.
+        self._noise_schedule = make_scheduler("ddpm", config.diffusion.schedule)
+
+    # -- plugin hooks -----------------------------------------------------------------
+    @abstractmethod
+    def build_network(self) -> nn.Module:
+        """The denoiser, following the network contract above."""
+
+    @abstractmethod
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one example, without the batch dimension."""
+
+    def condition_input(self, prev: Any) -> torch.Tensor | None:
+        """The tensor ``[B, ...]`` this stage is conditioned on, made from ``prev``."""
+        self.check_prev(prev)
+        return None
+
+    @abstractmethod
+    def to_output(self, x: torch.Tensor, prev: Any) -> Any:
+        """Wrap the sampled tensor ``x [B, *S]`` into this stage's output type."""
+
+    # -- sampling ---------------------------------------------------------------------
+    def resolve_sampling(self, sampling: SamplingConfig | dict[str, Any] | None) -> SamplingConfig:
+        if sampling is None:
+            return self.config.sampling
+        if isinstance(sampling, SamplingConfig):
+            return sampling
+        if not isinstance(sampling, dict):
+            raise InputError(f"sampling settings must be a mapping, got {type(sampling).__name__}")
+        return updated(self.config.sampling, sampling, f"sampling settings of stage '{self.name}'")
+
+    def num_steps(self, sampling: Any = None) -> int:
+        s = self.resolve_sampling(sampling)
+        # Heun evaluates the model twice per step and diffusers counts both.
+        return len(self._scheduler_for(s).timesteps)
+
+    def _scheduler_for(self, s: SamplingConfig) -> Any:
+        scheduler = make_scheduler(s.scheduler, self.config.diffusion.schedule)
+        scheduler.set_timesteps(s.steps)
+        return scheduler
+
+    def _embeddings(self, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(cond, Conditioning):
+            raise InputError(f"stage '{self.name}' needs a Conditioning, got {type(cond).__name__}")
+        if cond.dim != self.config.embed_dim:
+            raise InputError(
+                f"stage '{self.name}' expects {self.config.embed_dim}-d CLIP embeddings, got {cond.dim}-d; "
+                "use the CLIP encoder this stage was trained with"
+            )
+        device = self.device
+        return (
+            cond.stack(self.config.cond_keys).to(device, torch.float32),
+            cond.null_stack(self.config.cond_keys).to(device, torch.float32),
+        )
+
+    def _checked_condition(self, prev: Any, batch: int) -> torch.Tensor | None:
+        c = self.condition_input(prev)
+        if c is None:
+            return None
+        if c.shape[0] != batch:
+            raise InputError(
+                f"stage '{self.name}': previous output has batch {c.shape[0]}, conditioning has {batch}"
+            )
+        if not torch.isfinite(c).all():
+            raise InputError(f"stage '{self.name}': previous output holds NaN or Inf values")
+        return c.to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prev: Any,
+        cond: Conditioning,
+        *,
+        generator: torch.Generator | None = None,
+        sampling: SamplingConfig | dict[str, Any] | None = None,
+        callback: StepCallback | None = None,
+    ) -> Any:
+        s = self.resolve_sampling(sampling)
+        emb, null_emb = self._embeddings(cond)
+        batch = emb.shape[0]
+        c = self._checked_condition(prev, batch)
+        level = None
+        if c is not None:
+            level = torch.full((batch,), s.aug_level, device=self.device)
+            if s.aug_level > 0:
+                c = noise_condition(c, level, generator)
+        scheduler = self._scheduler_for(s)
+        # Noise is drawn on the CPU so a seed gives the same sample on any device.
+        noise = torch.randn((batch, *self.sample_shape()), generator=generator).to(self.device)
+        model_fn = guided(self.net, emb, null_emb, s.guidance_scale, (c, level))
+        was_training = self.training
+        self.eval()
+        try:
+            x = sample_loop(
+                model_fn, noise, scheduler, generator=generator, callback=callback,
+                check_finite=s.check_finite, what=f"stage '{self.name}'",
+            )
+        finally:
+            self.train(was_training)
+        return self.to_output(x, prev)
+
+    # -- training ---------------------------------------------------------------------
+    def loss(
+        self,
+        x0: torch.Tensor,
+        cond: Conditioning,
+        cond_input: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The denoising loss on a batch.
+
+        Args:
+            x0: ``[B, *S]`` clean training targets.
+            cond: the batch's conditioning (slots missing per example are null rows).
+            cond_input: ``[B, ...]`` clean conditioning input (e.g. the coarse cloud),
+                noised here by conditioning augmentation; ``None`` for first stages.
+        """
+        emb, null_emb = self._embeddings(cond)
+        emb = drop_embeddings(emb, null_emb, self.config.diffusion.cond_drop_prob, generator)
+        batch, device = x0.shape[0], x0.device
+        schedule = self._noise_schedule
+        t = torch.randint(0, schedule.config.num_train_timesteps, (batch,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
+        x_t = schedule.add_noise(x0, noise, t.to(device))
+        level = None
+        if (cond_input is None) != (self.consumes is None):
+            raise InputError(f"stage '{self.name}': cond_input must be given exactly when the stage consumes one")
+        if cond_input is not None:
+            level = draw_levels(self.config.diffusion.augmentation, batch, generator).to(device)
+            cond_input = noise_condition(cond_input, level, generator)
+        pred = self.net(x_t, t.to(device, torch.float32), emb, cond_input, level)
+        kind = self.config.diffusion.schedule.prediction_type
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = schedule.get_velocity(x0, noise, t.to(device))
+        else:
+            target = x0
+        return F.mse_loss(pred.float(), target.float())

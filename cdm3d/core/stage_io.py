@@ -1,0 +1,47 @@
+"""Saving and loading single stages (weights + embedded config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdm3d.core.checkpoint import config_from_metadata, load_state_into, load_tensors, save_tensors
+from cdm3d.core.config import to_json, validate
+from cdm3d.core.registry import STAGES
+from cdm3d.core.stage import Stage
+from cdm3d.errors import CheckpointError, ConfigError
+
+
+def build_stage(config: dict, what: str | None = None) -> Stage:
+    """A fresh (untrained) stage from a config mapping with a ``type`` field."""
+    if not isinstance(config, dict) or "type" not in config:
+        raise ConfigError(f"{what or 'stage config'} needs a 'type' field naming the stage")
+    stage_type = config["type"]
+    if not isinstance(stage_type, str):
+        raise ConfigError(f"{what or 'stage config'}: field 'type' must be a string")
+    cls = STAGES.get(stage_type)
+    return cls(validate(cls.Config, config, what or f"config of stage '{stage_type}'"))
+
+
+def save_stage(stage: Stage, path: str | Path) -> None:
+    save_tensors(
+        path,
+        stage.state_dict(),
+        {"cdm3d.kind": "stage", "cdm3d.type": stage.config.type, "cdm3d.config": to_json(stage.config)},
+    )
+
+
+def load_stage(path: str | Path, expected_type: str | None = None) -> Stage:
+    """A stage rebuilt from its weights file; ``expected_type`` guards against a wrong file."""
+    tensors, meta = load_tensors(path)
+    config = config_from_metadata(path, meta, "stage")
+    if expected_type is not None and config.get("type") != expected_type:
+        raise CheckpointError(
+            f"{path} holds weights of stage type {config.get('type')!r}, expected {expected_type!r}"
+        )
+    try:
+        stage = build_stage(config, f"config embedded in {path}")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    load_state_into(stage, tensors, path)
+    stage.eval()
+    return stage

@@ -1,0 +1,145 @@
+"""A two-stage cascade on the test-only 1-D signal modality, trained on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from contract import check_stage_contract
+from toy_signals import (
+    COARSE,
+    FINE,
+    NUM_CLASSES,
+    Signals,
+    ToyCoarseConfig,
+    ToyCoarseStage,
+    ToyUpsampleConfig,
+    ToyUpsampleStage,
+    classify,
+    conditioning,
+    train_toy,
+)
+
+from cdm3d.core import Cascade
+from cdm3d.core.config import validate
+
+FAST = {"steps": 20, "scheduler": "ddim"}
+
+
+@pytest.fixture(scope="module")
+def trained() -> Cascade:
+    coarse = ToyCoarseStage(validate(ToyCoarseConfig, {"type": "toy.coarse"}))
+    upsample = ToyUpsampleStage(
+        validate(ToyUpsampleConfig, {"type": "toy.upsample", "diffusion": {"augmentation": {"max_level": 0.5}}})
+    )
+    coarse_losses = train_toy(coarse, steps=1500, seed=0)
+    up_losses = train_toy(upsample, steps=1500, seed=1)
+    # Training works at all: the loss fell clearly.
+    assert sum(coarse_losses[-50:]) / 50 < 0.6 * sum(coarse_losses[:50]) / 50
+    assert sum(up_losses[-50:]) / 50 < 0.6 * sum(up_losses[:50]) / 50
+    return Cascade([("coarse", coarse), ("upsample", upsample)])
+
+
+def _labels(n: int = 64) -> torch.Tensor:
+    return torch.arange(n) % NUM_CLASSES
+
+
+def test_upsampler_follows_the_coarse_stage(trained: Cascade) -> None:
+    labels = _labels()
+    out = trained.run(conditioning(labels), seed=0, sampling={"coarse": FAST, "upsample": FAST}, progress=False)
+    coarse, fine = out["coarse"].values, out["upsample"].values
+    assert coarse.shape == (64, COARSE) and fine.shape == (64, FINE)
+    pooled = fine.view(64, COARSE, 2).mean(-1)
+    corr = torch.corrcoef(torch.stack([pooled.flatten(), coarse.flatten()]))[0, 1]
+    assert corr > 0.9, f"upsampled signals do not follow the coarse ones (correlation {corr:.3f})"
+    # The coarse stage is conditioned on the class: its samples have the class's frequency.
+    assert (classify(coarse) == labels).float().mean() > 0.8
+
+
+def test_upsampler_follows_a_given_coarse_input(trained: Cascade) -> None:
+    """Running only the second stage on a different coarse input changes the output to match it."""
+    labels = _labels(32)
+    cond = conditioning(labels)
+    first = trained.run(cond, seed=0, stop_at="coarse", sampling={"coarse": FAST}, progress=False)["coarse"]
+    flipped = Signals(-first.values)
+    out = trained.run(cond, seed=0, start_at="upsample", init=flipped, sampling={"upsample": FAST}, progress=False)
+    pooled = out["upsample"].values.view(32, COARSE, 2).mean(-1)
+    corr = torch.corrcoef(torch.stack([pooled.flatten(), flipped.values.flatten()]))[0, 1]
+    assert corr > 0.9
+
+
+def test_guidance_scale_changes_the_output_and_fidelity(trained: Cascade) -> None:
+    labels = _labels(128)
+    cond = conditioning(labels)
+    stage = trained.stages["coarse"]
+    fidelity = {}
+    samples = {}
+    for scale in (0.0, 1.0, 3.0):
+        g = torch.Generator().manual_seed(0)
+        x = stage.sample(None, cond, generator=g, sampling={**FAST, "guidance_scale": scale}).values
+        samples[scale] = x
+        fidelity[scale] = (classify(x) == labels).float().mean().item()
+    assert not torch.allclose(samples[1.0], samples[3.0], atol=1e-3)
+    # Unconditional samples ignore the class (about 1 in 4 right); guided ones follow it.
+    assert fidelity[0.0] < 0.5, fidelity
+    assert fidelity[3.0] > 0.8, fidelity
+
+
+def test_augmentation_level_reaches_the_network(trained: Cascade) -> None:
+    labels = _labels(16)
+    cond = conditioning(labels)
+    up = trained.stages["upsample"]
+    coarse = trained.run(cond, seed=0, stop_at="coarse", sampling={"coarse": FAST}, progress=False)["coarse"]
+    outs = {}
+    for level in (0.0, 0.7):
+        up.net.seen_levels.clear()
+        g = torch.Generator().manual_seed(0)
+        outs[level] = up.sample(coarse, cond, generator=g, sampling={**FAST, "aug_level": level}).values
+        seen = torch.cat(up.net.seen_levels)
+        assert torch.allclose(seen, torch.full_like(seen, level)), f"network saw levels {seen.unique()}"
+    assert not torch.allclose(outs[0.0], outs[0.7], atol=1e-3)
+    # In training the levels are drawn from [0, max_level].
+    up.net.seen_levels.clear()
+    up.loss(torch.zeros(256, FINE), conditioning(torch.zeros(256, dtype=torch.long)), torch.zeros(256, COARSE))
+    seen = up.net.seen_levels[0]
+    assert seen.min() >= 0 and seen.max() <= 0.5 and seen.std() > 0.1
+
+
+def test_cascade_is_reproducible_and_slices_match_the_full_run(trained: Cascade) -> None:
+    cond = conditioning(_labels(8))
+    settings = {"coarse": FAST, "upsample": FAST}
+    a = trained.run(cond, seed=3, sampling=settings, progress=False)
+    b = trained.run(cond, seed=3, sampling=settings, progress=False)
+    c = trained.run(cond, seed=4, sampling=settings, progress=False)
+    assert torch.equal(a["upsample"].values, b["upsample"].values)
+    assert not torch.equal(a["upsample"].values, c["upsample"].values)
+    tail = trained.run(cond, seed=3, start_at="upsample", init=a["coarse"], sampling=settings, progress=False)
+    assert torch.equal(tail["upsample"].values, a["upsample"].values)
+    assert list(a.outputs) == ["coarse", "upsample"] and a.final is a.outputs["upsample"]
+
+
+def test_cascade_save_pretrained_round_trip(trained: Cascade, tmp_path) -> None:
+    cond = conditioning(_labels(8))
+    settings = {"coarse": FAST, "upsample": FAST}
+    folder = trained.save_pretrained(tmp_path / "toy")
+    loaded = Cascade.from_pretrained(folder)
+    assert loaded.names == ["coarse", "upsample"]
+    a = trained.run(cond, seed=0, sampling=settings, progress=False)
+    b = loaded.run(cond, seed=0, sampling=settings, progress=False)
+    assert torch.equal(a["upsample"].values, b["upsample"].values)
+
+
+def test_toy_stages_pass_the_stage_contract(trained: Cascade, tmp_path) -> None:
+    cond = conditioning(_labels(4))
+    check_stage_contract(
+        lambda: trained.stages["coarse"], None, cond, tmp_path, {"values": (4, COARSE)}, sampling=FAST
+    )
+    coarse = Signals(torch.randn(4, COARSE))
+    check_stage_contract(
+        lambda: trained.stages["upsample"],
+        coarse,
+        cond,
+        tmp_path,
+        {"values": (4, FINE)},
+        bad_prevs=[Signals(torch.randn(3, COARSE)), Signals(torch.full((4, COARSE), float("nan")))],
+        sampling=FAST,
+    )
