@@ -78,9 +78,7 @@ def check_stage_contract(
     assert_same_output(out, _sample(reloaded, prev, cond, 0, sampling))
 
     # 4. bad input raises cdm3d errors
-    wrong_dim = Conditioning(
-        {"text": torch.zeros(cond.batch_size, cond.dim + 1)}, {"text": torch.zeros(cond.dim + 1)}
-    )
+    wrong_dim = Conditioning({"text": torch.zeros(cond.batch_size, cond.dim + 1)}, {"text": torch.zeros(cond.dim + 1)})
     for bad_prev in [object(), *bad_prevs] + ([] if prev is None else [None]):
         with pytest.raises(Cdm3dError):
             _sample(stage, bad_prev, cond, 0, sampling)

@@ -130,9 +130,7 @@ def test_cascade_save_pretrained_round_trip(trained: Cascade, tmp_path) -> None:
 
 def test_toy_stages_pass_the_stage_contract(trained: Cascade, tmp_path) -> None:
     cond = conditioning(_labels(4))
-    check_stage_contract(
-        lambda: trained.stages["coarse"], None, cond, tmp_path, {"values": (4, COARSE)}, sampling=FAST
-    )
+    check_stage_contract(lambda: trained.stages["coarse"], None, cond, tmp_path, {"values": (4, COARSE)}, sampling=FAST)
     coarse = Signals(torch.randn(4, COARSE))
     check_stage_contract(
         lambda: trained.stages["upsample"],

@@ -38,9 +38,7 @@ class AugmentationConfig(StrictConfig):
         return self
 
 
-def noise_condition(
-    c: torch.Tensor, level: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def noise_condition(c: torch.Tensor, level: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Noise ``c [B, ...]`` to per-example ``level [B]`` (0 leaves it unchanged)."""
     eps = torch.randn(c.shape, generator=generator, device="cpu", dtype=torch.float32)
     eps = eps.to(device=c.device, dtype=c.dtype)
@@ -48,9 +46,7 @@ def noise_condition(
     return torch.cos(angle) * c + torch.sin(angle) * eps
 
 
-def draw_levels(
-    config: AugmentationConfig, batch: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def draw_levels(config: AugmentationConfig, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Training levels ``[B]`` drawn as ``config`` says."""
     level = torch.rand(batch, generator=generator) * config.max_level
     if config.prob < 1.0:

@@ -9,6 +9,7 @@ A trained cascade is a folder::
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import zlib
@@ -91,8 +92,9 @@ def stage_seed(seed: int, name: str) -> int:
 class Cascade:
     """An ordered list of named stages plus the CLIP encoder that conditions them."""
 
-    def __init__(self, stages: Iterable[tuple[str, Stage]], clip: ClipEncoder | None = None,
-                 clip_ref: ClipRef | None = None) -> None:
+    def __init__(
+        self, stages: Iterable[tuple[str, Stage]], clip: ClipEncoder | None = None, clip_ref: ClipRef | None = None
+    ) -> None:
         self.stages: dict[str, Stage] = {}
         for name, stage in stages:
             if name in self.stages:
@@ -109,7 +111,7 @@ class Cascade:
 
     def _check_chain(self) -> None:
         stages = list(self.stages.values())
-        for prev, stage in zip(stages, stages[1:]):
+        for prev, stage in itertools.pairwise(stages):
             if stage.consumes != prev.produces:
                 raise ConfigError(
                     f"stage '{stage.name}' consumes {stage.consumes} but '{prev.name}' produces {prev.produces}"

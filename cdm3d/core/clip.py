@@ -198,8 +198,10 @@ class ClipEncoder:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") else int(
-            self.model.visual.output_dim
+        return (
+            int(self.model.text_projection.shape[-1])
+            if hasattr(self.model, "text_projection")
+            else int(self.model.visual.output_dim)
         )
 
     @property

@@ -64,8 +64,7 @@ class Conditioning:
     def _null(self, key: str) -> torch.Tensor:
         if key not in self.null:
             raise InputError(
-                f"a stage needs the '{key}' embedding slot, which this conditioning lacks "
-                f"(it has {sorted(self.null)})"
+                f"a stage needs the '{key}' embedding slot, which this conditioning lacks (it has {sorted(self.null)})"
             )
         return self.null[key]
 

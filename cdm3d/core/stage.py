@@ -213,9 +213,7 @@ class DiffusionStage(Stage):
         if c is None:
             return None
         if c.shape[0] != batch:
-            raise InputError(
-                f"stage '{self.name}': previous output has batch {c.shape[0]}, conditioning has {batch}"
-            )
+            raise InputError(f"stage '{self.name}': previous output has batch {c.shape[0]}, conditioning has {batch}")
         if not torch.isfinite(c).all():
             raise InputError(f"stage '{self.name}': previous output holds NaN or Inf values")
         return c.to(self.device, torch.float32)
@@ -247,8 +245,13 @@ class DiffusionStage(Stage):
         self.eval()
         try:
             x = sample_loop(
-                model_fn, noise, scheduler, generator=generator, callback=callback,
-                check_finite=s.check_finite, what=f"stage '{self.name}'",
+                model_fn,
+                noise,
+                scheduler,
+                generator=generator,
+                callback=callback,
+                check_finite=s.check_finite,
+                what=f"stage '{self.name}'",
             )
         finally:
             self.train(was_training)
