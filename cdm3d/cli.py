@@ -1,0 +1,122 @@
+"""The ``cdm3d`` command line: ``cdm3d generate | info``.
+
+Heavy libraries load only inside the subcommand that needs them, so ``cdm3d
+--help`` answers at once. A cdm3d error prints one line and exits non-zero;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cdm3d.errors import Cdm3dError, InputError
+
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="run a cascade on prompts (and/or images) and save every result")
+    p.add_argument("prompts", nargs="*", help="text prompts, one result each")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="cascade folder (default: the shipped one)")
+    p.add_argument("-o", "--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-at", default=None, help="last stage to run (default: all)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps for every diffusion stage")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale for every diffusion stage")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(func=_generate)
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a cascade folder, the stage types and the schedulers")
+    p.add_argument("--model", type=Path, default=None, help="a cascade folder to describe")
+    p.set_defaults(func=_info)
+
+
+def _sampling_overrides(args: argparse.Namespace, names: list[str]) -> dict[str, dict]:
+    settings: dict[str, object] = {}
+    if args.steps is not None:
+        settings["steps"] = args.steps
+    if args.guidance is not None:
+        settings["guidance_scale"] = args.guidance
+    return {name: dict(settings) for name in names} if settings else {}
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from cdm3d.core import Cascade, DiffusionStage
+
+    if not args.prompts:
+        raise InputError('give at least one prompt, e.g. cdm3d generate "a tall red lamp"')
+    if not args.model.is_dir():
+        raise InputError(
+            f"no cascade folder at {args.model}"
+            + (" (no default weights are shipped in this version yet)" if args.model == DEFAULT_MODEL else "")
+        )
+    cascade = Cascade.from_pretrained(args.model)
+    diffusion = [n for n, s in cascade.stages.items() if isinstance(s, DiffusionStage)]
+    out = cascade(
+        args.prompts,
+        seed=args.seed,
+        stop_at=args.stop_at,
+        sampling=_sampling_overrides(args, diffusion),
+        device=args.device,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, result in out.outputs.items():
+        save = getattr(result, "save_all", None)
+        if save is None:
+            continue
+        for path in save(args.out, stem=name, force=args.force):
+            print(path)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from cdm3d.core import STAGES, Cascade
+    from cdm3d.core.schedulers import scheduler_names
+
+    print("stage types:", ", ".join(STAGES.names()) or "none")
+    print("schedulers: ", ", ".join(scheduler_names()))
+    if args.model is not None:
+        cascade = Cascade.from_pretrained(args.model, load_clip=False)
+        print(f"cascade {args.model}:")
+        for name, stage in cascade.stages.items():
+            params = sum(p.numel() for p in stage.parameters())
+            print(f"  {name}: {stage.config.type}, {params / 1e6:.2f} M parameters, produces {stage.produces}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdm3d", description="Cascaded diffusion across modalities: text/image -> points -> mesh, and images."
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_generate(sub)
+    _add_info(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except Cdm3dError as err:
+        if args.debug:
+            raise
+        print(f"cdm3d: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cdm3d: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

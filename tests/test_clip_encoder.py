@@ -1,0 +1,135 @@
+"""ClipEncoder: custom small CLIPs, local checkpoints, offline errors, prompt checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cdm3d.core import ClipEncoder
+from cdm3d.core.clip import check_prompts
+from cdm3d.errors import CheckpointError, ConfigError, InputError, UnavailableError
+
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> ClipEncoder:
+    return ClipEncoder.from_config(TINY, seed=0)
+
+
+def test_encode_text_gives_unit_norm_embeddings_and_nulls(tiny: ClipEncoder) -> None:
+    cond = tiny.encode(["a red cube", "a blue sphere", "a red cube"])
+    emb = cond.embeddings["text"]
+    assert emb.shape == (3, 32) and cond.batch_size == 3 and cond.dim == 32
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+    assert torch.equal(emb[0], emb[2]) and not torch.allclose(emb[0], emb[1])
+    torch.testing.assert_close(cond.null["text"], tiny.encode_text([""])[0])
+    assert torch.equal(cond.null["image"], torch.zeros(32))
+    assert cond.prompts == ["a red cube", "a blue sphere", "a red cube"]
+    # A missing slot is filled by its null embedding in a stage's token stack.
+    stack = cond.stack(["text", "image"])
+    assert stack.shape == (3, 2, 32) and torch.equal(stack[:, 1], torch.zeros(3, 32))
+
+
+def test_encode_images_any_size(tiny: ClipEncoder) -> None:
+    images = torch.rand(2, 3, 48, 64)
+    cond = tiny.encode(images=images)
+    assert set(cond.embeddings) == {"image"} and cond.embeddings["image"].shape == (2, 32)
+    both = tiny.encode(["a", "b"], images)
+    assert set(both.embeddings) == {"text", "image"}
+    with pytest.raises(InputError, match="differ in number"):
+        tiny.encode(["a"], images)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [torch.rand(3, 32, 32), torch.rand(1, 4, 32, 32), torch.randint(0, 255, (1, 3, 32, 32)), torch.rand(1, 3, 4, 4)],
+)
+def test_bad_images_are_input_errors(tiny: ClipEncoder, bad) -> None:
+    with pytest.raises(InputError):
+        tiny.encode(images=bad)
+
+
+def test_nan_and_out_of_range_images(tiny: ClipEncoder) -> None:
+    x = torch.rand(1, 3, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        tiny.encode(images=x)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        tiny.encode(images=torch.rand(1, 3, 32, 32) * 255)
+
+
+@pytest.mark.parametrize(
+    ("prompts", "message"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ([], "non-empty list"),
+        (None, "non-empty list"),
+        (42, "non-empty list"),
+        (["ok", 3], "prompt 1 must be a string"),
+        ("a\x00cube", "control characters"),
+        ("x" * 5000, "characters"),
+    ],
+)
+def test_bad_prompts(prompts, message) -> None:
+    with pytest.raises(InputError, match=message):
+        check_prompts(prompts)
+
+
+def test_prompts_are_normalised() -> None:
+    assert check_prompts("  a   red\tcube ") == ["a red cube"]
+
+
+def test_custom_clip_save_load_round_trip(tiny: ClipEncoder, tmp_path) -> None:
+    path = tmp_path / "clip.safetensors"
+    tiny.save(path)
+    loaded = ClipEncoder.load(path)
+    torch.testing.assert_close(loaded.encode_text(["a red cube"]), tiny.encode_text(["a red cube"]))
+    assert loaded.custom_config == TINY
+
+
+def test_clip_file_of_the_wrong_kind(tmp_path) -> None:
+    from toy_signals import ToyCoarseStage  # noqa: F401
+
+    from cdm3d.core import build_stage, save_stage
+
+    path = tmp_path / "stage.safetensors"
+    save_stage(build_stage({"type": "toy.coarse"}), path)
+    with pytest.raises(CheckpointError, match="not a cdm3d clip weights file"):
+        ClipEncoder.load(path)
+
+
+def test_custom_config_errors() -> None:
+    with pytest.raises(ConfigError, match="embed_dim"):
+        ClipEncoder.from_config({"vision_cfg": {}})
+
+
+def test_unavailable_pretrained_weights_name_the_alternatives(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(UnavailableError, match="from_checkpoint.*from_config"):
+        ClipEncoder.from_pretrained("ViT-B-32", "openai", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="unknown open_clip model"):
+        ClipEncoder.from_pretrained("ViT-Nope", "openai")
+
+
+def test_local_open_clip_checkpoint(tiny: ClipEncoder, tmp_path) -> None:
+    import open_clip
+    from safetensors.torch import save_file
+
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    (config_dir / "cdm3d-test-tiny.json").write_text(json.dumps(TINY))
+    open_clip.add_model_config(config_dir)
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(path))
+    enc = ClipEncoder.from_checkpoint(path, "cdm3d-test-tiny")
+    torch.testing.assert_close(enc.encode_text(["a mug"]), tiny.encode_text(["a mug"]))
+    with pytest.raises(InputError, match="not found"):
+        ClipEncoder.from_checkpoint(tmp_path / "missing.pt", "cdm3d-test-tiny")
