@@ -1,0 +1,1 @@
+"""Data: the procedural world, dataset adapters and loaders."""

@@ -1,0 +1,1 @@
+"""Evaluation: CLIP zero-shot metrics, point-cloud metrics, fidelity classifiers."""

@@ -1,0 +1,160 @@
+"""Contrastive training of the small CLIP on rendered views and captions of the world."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch.nn import functional as F
+
+from cdm3d.core import ClipEncoder
+from cdm3d.core.checkpoint import atomic_path
+from cdm3d.core.config import StrictConfig, load_yaml, validate
+from cdm3d.data.world import World, caption_of
+from cdm3d.render import Camera
+
+
+class ClipDataConfig(StrictConfig):
+    objects: int = Field(8000, ge=1)
+    views: int = Field(4, ge=1)
+    image_size: int = Field(64, ge=16)
+    caption_variants: int = Field(64, ge=1)
+
+
+class ClipTrainConfig(StrictConfig):
+    steps: int = Field(2500, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 100
+    seed: int = 0
+    checkpoint_every: int = Field(250, ge=1)
+
+
+class ClipEvalConfig(StrictConfig):
+    objects: int = Field(500, ge=100)
+
+
+class ClipRecipe(StrictConfig):
+    model: dict[str, Any]
+    data: ClipDataConfig = ClipDataConfig()
+    train: ClipTrainConfig = ClipTrainConfig()
+    eval: ClipEvalConfig = ClipEvalConfig()
+
+
+def load_recipe(path: str | Path) -> ClipRecipe:
+    return validate(ClipRecipe, load_yaml(path), str(path))
+
+
+def random_camera(rng: random.Random) -> Camera:
+    return Camera(azimuth=rng.uniform(0, 360), elevation=rng.uniform(10, 40), distance=2.7)
+
+
+def render_dataset(split: str, count: int, views: int, size: int, seed: int, progress: bool = True):
+    """uint8 images ``[count * views, size, size, 3]`` and the object index of each."""
+    from tqdm.auto import tqdm
+
+    world = World(split)
+    rng = random.Random(seed)
+    images = torch.empty(count * views, size, size, 3, dtype=torch.uint8)
+    owner = torch.arange(count).repeat_interleave(views)
+    for i in tqdm(range(count), desc=f"render {split}", disable=not progress):
+        obj = world[i]
+        for v in range(views):
+            img = obj.render(random_camera(rng), size=size)
+            images[i * views + v] = (img * 255).round().to(torch.uint8)
+    return images, owner
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    return images.permute(0, 3, 1, 2).float() / 255
+
+
+def lr_at(step: int, cfg: ClipTrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def clip_loss(model: Any, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    img = model.encode_image(images, normalize=True)
+    txt = model.encode_text(tokens, normalize=True)
+    logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+    labels = torch.arange(len(images))
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def train_clip(recipe: ClipRecipe, out: Path, resume: bool = True, progress: bool = True) -> ClipEncoder:
+    """Train the small CLIP; checkpoints under ``out`` and ``out/clip.safetensors`` at the end."""
+    from tqdm.auto import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(recipe.model_dump_json(indent=2))
+    torch.manual_seed(recipe.train.seed)
+    encoder = ClipEncoder.from_config(recipe.model, seed=recipe.train.seed)
+    model = encoder.model.train().requires_grad_(True)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.train.lr,
+        betas=(0.9, 0.98),
+    )
+    state_path = out / "train_state.pt"
+    step = 0
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    cache = out / "renders.pt"
+    d = recipe.data
+    if cache.exists():
+        images, owner = torch.load(cache, weights_only=True).values()
+    else:
+        images, owner = render_dataset("train", d.objects, d.views, d.image_size, recipe.train.seed, progress)
+        with atomic_path(cache) as tmp:
+            torch.save({"images": images, "owner": owner}, tmp)
+    world = World("train")
+    labels = [world.labels(i) for i in range(d.objects)]
+    seeds = [world.seed(i) for i in range(d.objects)]
+    g = torch.Generator().manual_seed(recipe.train.seed * 1000 + step)
+    rng = random.Random(recipe.train.seed * 1000 + step)
+    log = (out / "log.csv").open("a")
+    bar = tqdm(total=recipe.train.steps, initial=step, desc="clip", disable=not progress)
+    start = time.time()
+    while step < recipe.train.steps:
+        # One view of distinct objects per batch, so no caption matches two images.
+        objs = torch.randperm(d.objects, generator=g)[: recipe.train.batch_size]
+        views = torch.randint(0, d.views, (len(objs),), generator=g)
+        batch = to_float(images[objs * d.views + views])
+        texts = [caption_of(seeds[i], labels[i], rng.randrange(d.caption_variants)) for i in objs.tolist()]
+        tokens = encoder.tokenizer(texts)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, recipe.train)
+        loss = clip_loss(model, batch, tokens)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        log.write(f"{step},{loss.item():.5f},{time.time() - start:.1f}\n")
+        if step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps:
+            log.flush()
+            with atomic_path(state_path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+    bar.close()
+    log.close()
+    encoder = ClipEncoder(model, encoder.tokenizer, "cdm3d-small-clip", custom_config=recipe.model)
+    encoder.save(out / "clip.safetensors")
+    (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start, "steps": step}))
+    return encoder
