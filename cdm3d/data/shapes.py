@@ -96,7 +96,7 @@ def _legs(rng: random.Random, w: float, d: float, height: float, inset: float) -
         for sz in (-1, 1):
             x, z = sx * (w / 2 - inset), sz * (d / 2 - inset)
             leg = cylinder_y(t, height, sections=16) if round_legs else box(2 * t, height, 2 * t)
-            legs.append(_at(leg, x=x, z=z) if round_legs else _at(leg, x=x, z=z))
+            legs.append(_at(leg, x=x, z=z))
     return legs
 
 

@@ -69,7 +69,7 @@ def render_mesh(
     vertices: torch.Tensor,
     faces: torch.Tensor,
     colors: torch.Tensor,
-    camera: Camera = Camera(),
+    camera: Camera | None = None,
     size: int = 128,
     bg: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ssaa: int = 2,
@@ -81,6 +81,7 @@ def render_mesh(
         faces: ``[F, 3]`` vertex indices.
         colors: ``[F, 3]`` face colours or ``[V, 3]`` vertex colours, in [0, 1].
     """
+    camera = camera or Camera()
     vertices = vertices.float()
     faces = faces.long()
     full = size * ssaa
@@ -109,10 +110,7 @@ def render_mesh(
     for fid, pix, d, bary in results:
         win = d <= zbuf[pix]
         fid, pix, bary = fid[win], pix[win], bary[win]
-        if per_vertex:
-            rgb = (bary[:, :, None] * colors[faces_v[fid]].float()).sum(1)
-        else:
-            rgb = face_colors[fid]
+        rgb = (bary[:, :, None] * colors[faces_v[fid]].float()).sum(1) if per_vertex else face_colors[fid]
         image[pix] = (rgb * shade[fid, None]).clamp(0, 1)
     image = image.view(full, full, 3)
     if ssaa > 1:
@@ -123,13 +121,14 @@ def render_mesh(
 def render_points(
     points: torch.Tensor,
     colors: torch.Tensor,
-    camera: Camera = Camera(),
+    camera: Camera | None = None,
     size: int = 128,
     radius: float = 1.5,
     bg: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ssaa: int = 2,
 ) -> torch.Tensor:
     """Coloured points ``[N, 3]`` (colours ``[N, 3]`` in [0, 1]) splatted as discs of ``radius`` pixels."""
+    camera = camera or Camera()
     points = points.float()
     full = size * ssaa
     image = _background(full, bg, points.device).view(-1, 3)
