@@ -7,7 +7,10 @@ import time.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Literal
+
+import torch
 
 from cdm3d.core.config import StrictConfig
 from cdm3d.errors import ConfigError
@@ -35,6 +38,59 @@ class NoiseScheduleConfig(StrictConfig):
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
+
+
+class NoiseSchedule:
+    """The training-side forward process, ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps``.
+
+    Computed here (identically to diffusers' schedules, which a test checks) so
+    that training needs nothing but torch.
+    """
+
+    def __init__(self, config: NoiseScheduleConfig) -> None:
+        self.config = config
+        self.alphas_cumprod = _alphas_cumprod(config.beta_schedule, config.num_train_timesteps)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.config.num_train_timesteps
+
+    def _coefs(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.alphas_cumprod.to(like.device)[t.to(like.device)].to(like.dtype)
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        return a.sqrt().view(shape), (1 - a).sqrt().view(shape)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x_t`` for integer timesteps ``t [B]``."""
+        sa, s1a = self._coefs(t, x0)
+        return sa * x0 + s1a * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network learns to predict, by ``prediction_type``."""
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "sample":
+            return x0
+        sa, s1a = self._coefs(t, x0)
+        return sa * noise - s1a * x0  # v-prediction
+
+
+def _alphas_cumprod(schedule: str, steps: int) -> torch.Tensor:
+    if schedule == "squaredcos_cap_v2":  # GLIDE's cosine schedule, betas capped at 0.999
+
+        def alpha_bar(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = torch.tensor(
+            [min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999) for i in range(steps)],
+            dtype=torch.float64,
+        )
+    elif schedule == "linear":
+        betas = torch.linspace(1e-4, 0.02, steps, dtype=torch.float64)
+    else:  # scaled_linear
+        betas = torch.linspace(1e-4**0.5, 0.02**0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
 
 
 def scheduler_names() -> list[str]:

@@ -22,7 +22,7 @@ from cdm3d.core.conditioning import Conditioning
 from cdm3d.core.config import StrictConfig, updated, validate
 from cdm3d.core.guidance import drop_embeddings, guided
 from cdm3d.core.sampling import sample_loop
-from cdm3d.core.schedulers import NoiseScheduleConfig, SchedulerName, make_scheduler
+from cdm3d.core.schedulers import NoiseSchedule, NoiseScheduleConfig, SchedulerName, make_scheduler
 from cdm3d.errors import InputError
 
 StepCallback = Callable[[int, int], None]
@@ -153,8 +153,8 @@ class DiffusionStage(Stage):
         if self.consumes is None and config.diffusion.augmentation.max_level > 0:
             raise InputError(f"stage '{self.name}' has no conditioning input to augment")
         self.net = self.build_network()
-        # The training-side forward process (DDPM's alphas); not part of the weights.
-        self._noise_schedule = make_scheduler("ddpm", config.diffusion.schedule)
+        # The training-side forward process; not part of the weights.
+        self.noise_schedule = NoiseSchedule(config.diffusion.schedule)
 
     # -- plugin hooks -----------------------------------------------------------------
     @abstractmethod
@@ -276,22 +276,15 @@ class DiffusionStage(Stage):
         emb, null_emb = self._embeddings(cond)
         emb = drop_embeddings(emb, null_emb, self.config.diffusion.cond_drop_prob, generator)
         batch, device = x0.shape[0], x0.device
-        schedule = self._noise_schedule
-        t = torch.randint(0, schedule.config.num_train_timesteps, (batch,), generator=generator)
+        schedule = self.noise_schedule
+        t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
-        x_t = schedule.add_noise(x0, noise, t.to(device))
+        x_t = schedule.add_noise(x0, noise, t)
         level = None
         if (cond_input is None) != (self.consumes is None):
             raise InputError(f"stage '{self.name}': cond_input must be given exactly when the stage consumes one")
         if cond_input is not None:
             level = draw_levels(self.config.diffusion.augmentation, batch, generator).to(device)
             cond_input = noise_condition(cond_input, level, generator)
-        pred = self.net(x_t, t.to(device, torch.float32), emb, cond_input, level)
-        kind = self.config.diffusion.schedule.prediction_type
-        if kind == "epsilon":
-            target = noise
-        elif kind == "v_prediction":
-            target = schedule.get_velocity(x0, noise, t.to(device))
-        else:
-            target = x0
-        return F.mse_loss(pred.float(), target.float())
+        pred = self.net(x_t, t.float(), emb, cond_input, level)
+        return F.mse_loss(pred.float(), schedule.target(x0, noise, t).float())

@@ -1,0 +1,1 @@
+"""Denoiser networks (they follow the denoiser contract of cdm3d.core.stage.DiffusionStage)."""

@@ -1,0 +1,5 @@
+"""The plain data types stages exchange, each able to save itself."""
+
+from cdm3d.types.points import PointClouds
+
+__all__ = ["PointClouds"]

@@ -1,0 +1,110 @@
+"""The point stages pass the stage contract; PointClouds save and load with their colours."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from contract import check_stage_contract
+
+from cdm3d.core import Cascade, Conditioning, build_stage
+from cdm3d.errors import InputError
+from cdm3d.types import PointClouds
+
+D = 16
+TINY_NET = {"width": 32, "layers": 1, "heads": 2}
+FAST = {"steps": 3}
+
+
+def _cond(batch: int, slots=("text",)) -> Conditioning:
+    g = torch.Generator().manual_seed(0)
+    emb = {k: torch.nn.functional.normalize(torch.randn(batch, D, generator=g), dim=-1) for k in slots}
+    return Conditioning(emb, {"text": torch.zeros(D), "image": torch.zeros(D)})
+
+
+def _coarse():
+    return build_stage({"type": "points.coarse", "embed_dim": D, "num_points": 24, "network": TINY_NET})
+
+
+def _upsample():
+    return build_stage(
+        {"type": "points.upsample", "embed_dim": D, "num_points": 40, "coarse_points": 24, "network": TINY_NET}
+    )
+
+
+def _randomise(stage):
+    # Fresh networks output zeros (zero-initialised output layer); give them something to say.
+    torch.manual_seed(0)
+    for p in stage.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return stage
+
+
+def test_coarse_stage_contract(tmp_path) -> None:
+    stage = _randomise(_coarse())
+    check_stage_contract(lambda: stage, None, _cond(3), tmp_path, {"coords": (3, 24, 3), "colors": (3, 24, 3)},
+                         sampling=FAST)
+
+
+def test_upsample_stage_contract(tmp_path) -> None:
+    stage = _randomise(_upsample())
+    prev = PointClouds(torch.rand(3, 24, 3) - 0.5, torch.rand(3, 24, 3))
+    nan = PointClouds(torch.full((3, 24, 3), float("nan")), torch.rand(3, 24, 3))
+    check_stage_contract(
+        lambda: stage, prev, _cond(3), tmp_path, {"coords": (3, 64, 3), "colors": (3, 64, 3)},
+        bad_prevs=[prev[0:2], nan], sampling=FAST,
+    )
+
+
+def test_upsample_output_keeps_the_coarse_points() -> None:
+    stage = _randomise(_upsample())
+    prev = PointClouds(torch.rand(2, 24, 3) - 0.5, torch.rand(2, 24, 3))
+    out = stage.sample(prev, _cond(2), generator=torch.Generator().manual_seed(0), sampling=FAST)
+    assert torch.equal(out.coords[:, :24], prev.coords) and torch.equal(out.colors[:, :24], prev.colors)
+
+
+def test_text_and_image_slots_both_condition_the_coarse_stage() -> None:
+    stage = _randomise(_coarse())
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    text_only = stage.sample(None, _cond(2, ("text",)), generator=g(), sampling=FAST)
+    both = stage.sample(None, _cond(2, ("text", "image")), generator=g(), sampling=FAST)
+    assert not torch.allclose(text_only.coords, both.coords)
+
+
+def test_point_cascade_runs_and_slices() -> None:
+    cascade = Cascade([("coarse", _randomise(_coarse())), ("upsample", _randomise(_upsample()))])
+    out = cascade.run(_cond(2), seed=0, sampling={"coarse": FAST, "upsample": FAST}, progress=False)
+    assert out["coarse"].coords.shape == (2, 24, 3) and out["upsample"].coords.shape == (2, 64, 3)
+
+
+def test_point_clouds_save_and_load(tmp_path) -> None:
+    clouds = PointClouds(torch.rand(2, 50, 3) - 0.5, torch.rand(2, 50, 3))
+    for fmt in (".ply", ".npz"):
+        path = clouds.save(tmp_path / f"c{fmt}", index=1)
+        back = PointClouds.load(path)
+        np.testing.assert_allclose(back.coords[0].numpy(), clouds.coords[1].numpy(), atol=1e-6)
+        np.testing.assert_allclose(back.colors[0].numpy(), clouds.colors[1].numpy(), atol=1 / 255 + 1e-6)
+        with pytest.raises(InputError, match="exists"):
+            clouds.save(path)
+    import open3d as o3d
+
+    pcd = o3d.io.read_point_cloud(str(tmp_path / "c.ply"))
+    assert len(pcd.points) == 50 and pcd.has_colors()
+    np.testing.assert_allclose(np.asarray(pcd.colors), clouds.colors[1].numpy(), atol=1 / 255 + 1e-6)
+    paths = clouds.save_all(tmp_path / "all", "pts") if (tmp_path / "all").mkdir() is None else []
+    assert len(paths) == 4 and all(p.exists() for p in paths)
+
+
+def test_point_clouds_bad_input(tmp_path) -> None:
+    with pytest.raises(InputError):
+        PointClouds(torch.rand(2, 5), torch.rand(2, 5))
+    with pytest.raises(InputError, match="do not match"):
+        PointClouds(torch.rand(1, 5, 3), torch.rand(1, 4, 3))
+    clouds = PointClouds(torch.rand(1, 5, 3), torch.rand(1, 5, 3))
+    with pytest.raises(InputError, match="unknown point-cloud format"):
+        clouds.save(tmp_path / "x.xyz")
+    with pytest.raises(InputError, match="does not exist"):
+        clouds.save(tmp_path / "missing" / "x.ply")
+    (tmp_path / "bad.ply").write_bytes(b"ply\nformat garbage")
+    with pytest.raises(InputError):
+        PointClouds.load(tmp_path / "bad.ply")
