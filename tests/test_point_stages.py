@@ -42,8 +42,9 @@ def _randomise(stage):
 
 def test_coarse_stage_contract(tmp_path) -> None:
     stage = _randomise(_coarse())
-    check_stage_contract(lambda: stage, None, _cond(3), tmp_path, {"coords": (3, 24, 3), "colors": (3, 24, 3)},
-                         sampling=FAST)
+    check_stage_contract(
+        lambda: stage, None, _cond(3), tmp_path, {"coords": (3, 24, 3), "colors": (3, 24, 3)}, sampling=FAST
+    )
 
 
 def test_upsample_stage_contract(tmp_path) -> None:
@@ -51,8 +52,13 @@ def test_upsample_stage_contract(tmp_path) -> None:
     prev = PointClouds(torch.rand(3, 24, 3) - 0.5, torch.rand(3, 24, 3))
     nan = PointClouds(torch.full((3, 24, 3), float("nan")), torch.rand(3, 24, 3))
     check_stage_contract(
-        lambda: stage, prev, _cond(3), tmp_path, {"coords": (3, 64, 3), "colors": (3, 64, 3)},
-        bad_prevs=[prev[0:2], nan], sampling=FAST,
+        lambda: stage,
+        prev,
+        _cond(3),
+        tmp_path,
+        {"coords": (3, 64, 3), "colors": (3, 64, 3)},
+        bad_prevs=[prev[0:2], nan],
+        sampling=FAST,
     )
 
 

@@ -264,6 +264,8 @@ class DiffusionStage(Stage):
         cond: Conditioning,
         cond_input: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        part: tuple[int, int] | None = None,
+        net: nn.Module | None = None,
     ) -> torch.Tensor:
         """The denoising loss on a batch.
 
@@ -272,19 +274,33 @@ class DiffusionStage(Stage):
             cond: the batch's conditioning (slots missing per example are null rows).
             cond_input: ``[B, ...]`` clean conditioning input (e.g. the coarse cloud),
                 noised here by conditioning augmentation; ``None`` for first stages.
+            generator: the source of every random draw (timesteps, noise, guidance
+                dropout, augmentation levels), drawn on the CPU for the whole batch.
+            part: ``(rank, world_size)``: draw the randomness for the whole batch,
+                then compute the loss on this rank's equal slice only. Data-parallel
+                ranks then together compute exactly the single-process loss.
+            net: the network to call instead of ``self.net`` (its DDP wrapper).
         """
+        if (cond_input is None) != (self.consumes is None):
+            raise InputError(f"stage '{self.name}': cond_input must be given exactly when the stage consumes one")
         emb, null_emb = self._embeddings(cond)
         emb = drop_embeddings(emb, null_emb, self.config.diffusion.cond_drop_prob, generator)
         batch, device = x0.shape[0], x0.device
         schedule = self.noise_schedule
         t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
-        x_t = schedule.add_noise(x0, noise, t)
         level = None
-        if (cond_input is None) != (self.consumes is None):
-            raise InputError(f"stage '{self.name}': cond_input must be given exactly when the stage consumes one")
         if cond_input is not None:
             level = draw_levels(self.config.diffusion.augmentation, batch, generator).to(device)
             cond_input = noise_condition(cond_input, level, generator)
-        pred = self.net(x_t, t.float(), emb, cond_input, level)
+        if part is not None:
+            rank, world = part
+            if batch % world:
+                raise InputError(f"batch {batch} does not split evenly over {world} processes")
+            sl = slice(rank * batch // world, (rank + 1) * batch // world)
+            x0, noise, t, emb = x0[sl], noise[sl], t[sl], emb[sl]
+            cond_input = None if cond_input is None else cond_input[sl]
+            level = None if level is None else level[sl]
+        x_t = schedule.add_noise(x0, noise, t)
+        pred = (net or self.net)(x_t, t.float(), emb, cond_input, level)
         return F.mse_loss(pred.float(), schedule.target(x0, noise, t).float())

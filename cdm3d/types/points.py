@@ -127,8 +127,9 @@ class PointClouds:
             raise InputError(f"{path}: point coordinates must be finite [N, 3]")
         return cls(torch.from_numpy(xyz)[None], torch.from_numpy(rgb)[None])
 
-    def save_all(self, directory: str | Path, stem: str, force: bool = False,
-                 formats: tuple[str, ...] = (".ply", ".npz")) -> list[Path]:
+    def save_all(
+        self, directory: str | Path, stem: str, force: bool = False, formats: tuple[str, ...] = (".ply", ".npz")
+    ) -> list[Path]:
         """Every cloud of the batch as ``{stem}_{i}{format}`` in ``directory``."""
         directory = Path(directory)
         paths = [directory / f"{stem}_{i}{fmt}" for i in range(len(self)) for fmt in formats]

@@ -1,0 +1,158 @@
+"""Point-cloud training data from the procedural world, with precomputed CLIP embeddings.
+
+Two caches, built once:
+
+* geometry: ``[M, P, 6]`` float16 points (xyz, rgb in [-1, 1]) of the first ``M``
+  objects of a split; needs trimesh and manifold3d, not CLIP;
+* embeddings (a safetensors file): ``text [M, V, D]`` CLIP embeddings of ``V``
+  caption variants, ``image [M, R, D]`` of ``R`` rendered views, and
+  ``null_text [D]``; needs the CLIP, not the geometry.
+
+Each example of a batch is conditioned on text or on an image (chosen at random,
+``image_prob``), the other slot holding its null embedding.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from cdm3d.core import Conditioning, DiffusionStage
+from cdm3d.core.checkpoint import atomic_path, load_tensors, save_tensors
+from cdm3d.core.config import StrictConfig
+from cdm3d.errors import InputError
+from cdm3d.training.data import DATASETS
+
+
+class WorldPointsConfig(StrictConfig):
+    type: Literal["world.points"] = "world.points"
+    split: Literal["train", "val", "test"] = "train"
+    objects: int = Field(16000, ge=1)
+    points: int = Field(4096, ge=2)  # points cached per object; stages draw random subsets
+    embeddings: str  # path of the embeddings file (see build_world_embeddings)
+    image_prob: float = Field(0.5, ge=0.0, le=1.0)
+    cache_dir: str = "runs/cache"
+    workers: int = Field(2, ge=1)
+
+
+def _object_points(job: tuple[str, int, int]) -> np.ndarray:
+    from cdm3d.data.world import World
+
+    split, index, points = job
+    xyz, rgb = World(split)[index].points(points)
+    return np.concatenate([xyz, rgb * 2 - 1], axis=1).astype(np.float16)
+
+
+def build_geometry(split: str, objects: int, points: int, path: Path, workers: int = 2) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    jobs = [(split, i, points) for i in range(objects)]
+    out = np.empty((objects, points, 6), np.float16)
+    if workers > 1:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for i, arr in enumerate(
+                tqdm(pool.imap(_object_points, jobs, chunksize=64), total=objects, desc="geometry")
+            ):
+                out[i] = arr
+    else:
+        for i, job in enumerate(tqdm(jobs, desc="geometry")):
+            out[i] = _object_points(job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, out)
+    return torch.from_numpy(out)
+
+
+@torch.no_grad()
+def build_world_embeddings(
+    clip, split: str, objects: int, path: str | Path, text_variants: int = 8, image_views: int = 4, seed: int = 0
+) -> None:
+    """CLIP embeddings of caption variants and rendered views of the first ``objects`` objects."""
+    from tqdm.auto import tqdm
+
+    from cdm3d.data.world import World
+    from cdm3d.training.clip_trainer import random_camera
+
+    world, rng = World(split), random.Random(seed)
+    text = torch.empty(objects, text_variants, clip.embed_dim, dtype=torch.float16)
+    image = torch.empty(objects, image_views, clip.embed_dim, dtype=torch.float16)
+    chunk = 64
+    for start in tqdm(range(0, objects, chunk), desc="embeddings"):
+        ids = range(start, min(objects, start + chunk))
+        captions = [world.caption(i, v) for i in ids for v in range(text_variants)]
+        text[ids.start : ids.stop] = clip.encode_text(captions).view(len(ids), text_variants, -1).half()
+        if image_views:
+            views = []
+            for i in ids:
+                obj = world[i]
+                views += [
+                    obj.render(random_camera(rng), size=clip.image_size).permute(2, 0, 1) for _ in range(image_views)
+                ]
+            image[ids.start : ids.stop] = clip.encode_image(torch.stack(views)).view(len(ids), image_views, -1).half()
+    tensors = {"text": text, "null_text": clip.null_text().half()}
+    if image_views:
+        tensors["image"] = image
+    save_tensors(path, tensors, {"cdm3d.kind": "embeddings", "split": split, "clip": clip.name})
+
+
+class WorldPointsData:
+    """Batches for ``points.coarse`` and ``points.upsample`` stages."""
+
+    def __init__(self, config: WorldPointsConfig, stage: DiffusionStage) -> None:
+        self.config = config
+        self.stage = stage
+        tensors, meta = load_tensors(config.embeddings)
+        if meta.get("split") != config.split:
+            raise InputError(f"embeddings {config.embeddings} are of split {meta.get('split')!r}, not {config.split!r}")
+        self.text = tensors["text"]
+        self.image = tensors.get("image")
+        self.null_text = tensors["null_text"].float()
+        if len(self.text) < config.objects:
+            raise InputError(
+                f"embeddings {config.embeddings} cover {len(self.text)} objects, fewer than {config.objects}"
+            )
+        cache = Path(config.cache_dir) / f"world-{config.split}-{config.objects}x{config.points}.npy"
+        if cache.exists():
+            self.points = torch.from_numpy(np.load(cache))
+        else:
+            self.points = build_geometry(config.split, config.objects, config.points, cache, config.workers)
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        cfg = self.stage.config
+        need = cfg.num_points + getattr(cfg, "coarse_points", 0) if self.stage.consumes else cfg.num_points
+        if need > self.config.points:
+            raise InputError(f"the stage needs {need} points per object; the data caches {self.config.points}")
+
+    def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, Conditioning, torch.Tensor | None]:
+        """``(x0, cond, cond_input)`` for a batch of ``size`` examples (CPU tensors)."""
+        n_obj = self.config.objects
+        idx = torch.randint(0, n_obj, (size,), generator=generator)
+        pts = self.points[idx].float()
+        order = torch.rand(size, pts.shape[1], generator=generator).argsort(1)
+        pts = torch.gather(pts, 1, order[..., None].expand(-1, -1, 6))
+        cfg = self.stage.config
+        cond_input = None
+        if self.stage.consumes is None:
+            x0 = pts[:, : cfg.num_points]
+        else:
+            cond_input = pts[:, : cfg.coarse_points]
+            x0 = pts[:, cfg.coarse_points : cfg.coarse_points + cfg.num_points]
+        text = self.text[idx, torch.randint(0, self.text.shape[1], (size,), generator=generator)].float()
+        use_image = torch.rand(size, generator=generator) < self.config.image_prob
+        embeddings = {"text": text}
+        null = {"text": self.null_text, "image": torch.zeros_like(self.null_text)}
+        if self.image is not None and "image" in cfg.cond_keys:
+            image = self.image[idx, torch.randint(0, self.image.shape[1], (size,), generator=generator)].float()
+            embeddings["text"] = torch.where(use_image[:, None], self.null_text.expand(size, -1), text)
+            embeddings["image"] = torch.where(use_image[:, None], image, torch.zeros_like(image))
+        return x0, Conditioning(embeddings, null), cond_input
+
+
+DATASETS.register("world.points")((WorldPointsConfig, WorldPointsData))

@@ -1,0 +1,264 @@
+"""The generic stage trainer: one loop for every trainable stage.
+
+EMA weights, bf16 autocast on CUDA, gradient clipping, periodic atomic
+checkpoints, exact ``--resume`` (model, EMA, optimizer, step and the random
+generator all restored), CSV and TensorBoard logs, the resolved recipe saved in
+the run folder, and data parallelism through ``torchrun`` (DDP; gloo on CPU).
+
+A run folder holds::
+
+    recipe.json        the resolved recipe
+    state.pt           training state (weights, EMA, optimizer, step, RNG); torch.load(weights_only=True)
+    stage.safetensors  EMA weights with the stage config inside: the inference weights
+    log.csv            step, loss, learning rate, seconds
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from cdm3d.core import DiffusionStage
+from cdm3d.core.checkpoint import atomic_path
+from cdm3d.core.config import StrictConfig, load_yaml, validate
+from cdm3d.core.stage_io import build_stage, save_stage
+from cdm3d.errors import ConfigError, TrainingError
+from cdm3d.training.data import DATASETS
+
+STATE_FILE = "state.pt"
+WEIGHTS_FILE = "stage.safetensors"
+
+
+class TrainSettings(StrictConfig):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)  # global batch, split over data-parallel processes
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    seed: int = 0
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1)
+    # Non-finite losses are skipped with a warning; this many in a row stop training.
+    max_bad_steps: int = Field(5, ge=1)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+
+
+class TrainRecipe(StrictConfig):
+    stage: dict[str, Any]
+    data: dict[str, Any]
+    train: TrainSettings = TrainSettings()
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainRecipe:
+    """A recipe YAML; ``stage`` may name a stage config file relative to the recipe."""
+    path = Path(path)
+    data = load_yaml(path)
+    if isinstance(data.get("stage"), str):
+        data["stage"] = load_yaml((path.parent / data["stage"]).resolve())
+    for key, value in (overrides or {}).items():
+        section, _, field = key.partition(".")
+        if section not in data or not isinstance(data[section], dict) or not field:
+            raise ConfigError(f"override {key!r} must look like section.field (train.steps)")
+        data[section] = {**data[section], field: value}
+    return validate(TrainRecipe, data, str(path))
+
+
+def lr_at(step: int, s: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    progress = (step - s.warmup) / max(1, s.steps - s.warmup)
+    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Trains ``recipe.stage`` on ``recipe.data`` into the run folder ``out``."""
+
+    def __init__(self, recipe: TrainRecipe, out: str | Path, device: str | torch.device = "cpu") -> None:
+        self.recipe = recipe
+        self.out = Path(out)
+        self.device = torch.device(device)
+        self.rank, self.world = _dist()
+        torch.manual_seed(recipe.train.seed)
+        self.stage = build_stage(recipe.stage, "recipe stage")
+        if not isinstance(self.stage, DiffusionStage):
+            raise ConfigError(f"stage type {recipe.stage['type']!r} has nothing to train")
+        data_type = recipe.data.get("type")
+        if not isinstance(data_type, str):
+            raise ConfigError("the recipe's data section needs a 'type'")
+        data_cfg_cls, data_cls = DATASETS.get(data_type)
+        self.data = data_cls(validate(data_cfg_cls, recipe.data, "recipe data"), self.stage)
+        self.stage.to(self.device).train()
+        self.ema = copy.deepcopy(self.stage).eval().requires_grad_(False)
+        self.model: torch.nn.Module = self.stage.net
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.stage.net, device_ids=ids)
+        params = [p for p in self.stage.parameters() if p.requires_grad]
+        s = recipe.train
+        self.opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        self.generator = torch.Generator().manual_seed(s.seed)
+        self.step = 0
+        self.bad_steps = 0
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": torch.tensor(self.step),
+            "generator": self.generator.get_state(),
+            "recipe": self.recipe.model_dump_json(),
+        }
+
+    def load_state(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise TrainingError(f"cannot resume: {path} is unreadable ({err})") from None
+        if _comparable(json.loads(state["recipe"])) != _comparable(json.loads(self.recipe.model_dump_json())):
+            raise TrainingError(f"cannot resume: {path} was written by a different recipe; use a new run folder")
+        self.stage.load_state_dict(state["stage"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+
+    def save(self) -> None:
+        """Checkpoint atomically: a crash mid-save leaves the previous checkpoint intact."""
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.out / STATE_FILE) as tmp:
+            torch.save(self.state_dict(), tmp)
+        save_stage(self.ema, self.out / WEIGHTS_FILE)
+
+    # -- loop -------------------------------------------------------------------------------
+    def _update_ema(self) -> None:
+        decay = min(self.recipe.train.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.stage.parameters()):
+                e.lerp_(p, 1 - decay)
+
+    def train_step(self) -> float | None:
+        s = self.recipe.train
+        x0, cond, cond_input = self.data.batch(s.batch_size, self.generator)
+        x0 = x0.to(self.device)
+        cond = cond.to(self.device)
+        cond_input = None if cond_input is None else cond_input.to(self.device)
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step, s)
+        autocast = torch.autocast("cuda", torch.bfloat16, enabled=s.amp and self.device.type == "cuda")
+        part = (self.rank, self.world) if self.world > 1 else None
+        with autocast:
+            loss = self._loss(x0, cond, cond_input, part)
+        self.opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self.bad_steps += 1
+            warnings.warn(f"step {self.step}: non-finite loss skipped ({self.bad_steps} in a row)", stacklevel=2)
+            if self.bad_steps >= s.max_bad_steps:
+                raise TrainingError(
+                    f"{self.bad_steps} non-finite losses in a row at step {self.step}; lower the learning rate "
+                    f"or check the data (last good checkpoint: {self.out / STATE_FILE})"
+                )
+            self.step += 1
+            return None
+        self.bad_steps = 0
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.stage.parameters(), s.grad_clip)
+        self.opt.step()
+        self._update_ema()
+        self.step += 1
+        return loss.item()
+
+    def _loss(self, x0, cond, cond_input, part) -> torch.Tensor:
+        # Through the DDP wrapper, so its gradient hooks run.
+        return self.stage.loss(x0, cond, cond_input, self.generator, part=part, net=self.model)
+
+    def fit(self, resume: bool = False, progress: bool = True, until: int | None = None) -> list[float]:
+        """Train to ``train.steps`` (or stop early after step ``until``); returns the losses of this call."""
+        from tqdm.auto import tqdm
+
+        s = self.recipe.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        state_path = self.out / STATE_FILE
+        if resume and state_path.exists():
+            self.load_state(state_path)
+        elif state_path.exists() and self.rank == 0:
+            raise TrainingError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if self.rank == 0:
+            (self.out / "recipe.json").write_text(self.recipe.model_dump_json(indent=2))
+        writer = _tensorboard(self.out) if self.rank == 0 else None
+        log = (self.out / "log.csv").open("a") if self.rank == 0 else None
+        if log is not None and log.tell() == 0:
+            log.write("step,loss,lr,seconds\n")
+        losses: list[float] = []
+        bar = tqdm(total=s.steps, initial=self.step, desc="train", disable=not progress or self.rank != 0)
+        start = time.time()
+        try:
+            while self.step < min(s.steps, until or s.steps):
+                loss = self.train_step()
+                bar.update(1)
+                if loss is not None:
+                    losses.append(loss)
+                    if log is not None and (self.step % s.log_every == 0 or self.step == s.steps):
+                        lr = self.opt.param_groups[0]["lr"]
+                        log.write(f"{self.step},{loss:.6f},{lr:.3e},{time.time() - start:.1f}\n")
+                        log.flush()
+                        bar.set_postfix(loss=f"{loss:.4f}")
+                        if writer is not None:
+                            writer.add_scalar("loss", loss, self.step)
+                            writer.add_scalar("lr", lr, self.step)
+                if self.step % s.checkpoint_every == 0 or self.step == s.steps:
+                    self.save()
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+            if writer is not None:
+                writer.close()
+        return losses
+
+
+def _comparable(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recipe without the fields a resumed run may change (the step count, to train longer)."""
+    return {**recipe, "train": {k: v for k, v in recipe["train"].items() if k != "steps"}}
+
+
+def _tensorboard(out: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional (pip install cdm3d[train])
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def init_distributed(device: str) -> str:
+    """Join the process group when launched by torchrun; returns this process's device."""
+    if "RANK" not in os.environ:
+        return device
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    torch.distributed.init_process_group(backend)
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device

@@ -1,0 +1,142 @@
+"""The generic trainer: the loss falls, --resume is exact, DDP (2 gloo processes) matches one process."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as tmp_mp
+
+from cdm3d.core import ClipEncoder
+from cdm3d.errors import TrainingError
+from cdm3d.training.data.world_points import build_world_embeddings
+from cdm3d.training.trainer import Trainer, TrainRecipe, load_recipe
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+OBJECTS = 24
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    clip = ClipEncoder.from_config(TINY_CLIP)
+    build_world_embeddings(clip, "train", OBJECTS, d / "emb.safetensors", text_variants=2, image_views=1)
+    return d
+
+
+def _recipe(data_dir: Path, stage: str = "points.coarse", **train) -> TrainRecipe:
+    net = {"width": 32, "layers": 1, "heads": 2}
+    stage_cfg = {"type": stage, "embed_dim": 16, "num_points": 64, "network": net}
+    if stage == "points.upsample":
+        stage_cfg["coarse_points"] = 32
+    return TrainRecipe.model_validate(
+        {
+            "stage": stage_cfg,
+            "data": {
+                "type": "world.points",
+                "objects": OBJECTS,
+                "points": 128,
+                "workers": 1,
+                "embeddings": str(data_dir / "emb.safetensors"),
+                "cache_dir": str(data_dir / "cache"),
+            },
+            "train": {
+                "steps": 40,
+                "batch_size": 8,
+                "lr": 2e-3,
+                "warmup": 5,
+                "checkpoint_every": 10,
+                "log_every": 1,
+                **train,
+            },
+        }
+    )
+
+
+def test_tiny_training_lowers_the_loss(data_dir, tmp_path) -> None:
+    import cdm3d.training.data.world_points  # noqa: F401
+
+    losses = Trainer(_recipe(data_dir, steps=120), tmp_path / "run").fit(progress=False)
+    assert len(losses) == 120
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert last < 0.8 * first, (first, last)
+    assert (tmp_path / "run" / "stage.safetensors").exists() and (tmp_path / "run" / "recipe.json").exists()
+    lines = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert lines[0] == "step,loss,lr,seconds" and len(lines) == 121
+
+
+def test_upsample_stage_trains(data_dir, tmp_path) -> None:
+    losses = Trainer(_recipe(data_dir, "points.upsample", steps=60), tmp_path / "up").fit(progress=False)
+    assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_resume_continues_with_the_same_losses_and_weights(data_dir, tmp_path) -> None:
+    straight = Trainer(_recipe(data_dir, steps=20), tmp_path / "a")
+    losses_a = straight.fit(progress=False)
+    # Interrupted after step 13; the last checkpoint is step 10, so steps 11-13 are redone.
+    Trainer(_recipe(data_dir, steps=20), tmp_path / "b").fit(progress=False, until=13)
+    resumed = Trainer(_recipe(data_dir, steps=20), tmp_path / "b")
+    losses_b = resumed.fit(resume=True, progress=False)
+    assert resumed.step == 20 and len(losses_b) == 10
+    assert losses_b == losses_a[10:]
+    for (k, v), (_, w) in zip(straight.ema.state_dict().items(), resumed.ema.state_dict().items()):
+        assert torch.equal(v, w), k
+    with pytest.raises(TrainingError, match="different recipe"):
+        Trainer(_recipe(data_dir, steps=30, lr=1e-3), tmp_path / "b").fit(resume=True, progress=False)
+    # Training longer is allowed.
+    longer = Trainer(_recipe(data_dir, steps=25), tmp_path / "b")
+    assert len(longer.fit(resume=True, progress=False)) == 5
+
+
+def test_existing_run_needs_resume(data_dir, tmp_path) -> None:
+    Trainer(_recipe(data_dir, steps=10), tmp_path / "r").fit(progress=False)
+    with pytest.raises(TrainingError, match="--resume"):
+        Trainer(_recipe(data_dir, steps=10), tmp_path / "r").fit(progress=False)
+
+
+def test_recipe_overrides_and_errors(tmp_path) -> None:
+    from cdm3d.errors import ConfigError
+
+    path = tmp_path / "r.yaml"
+    path.write_text("stage: {type: points.coarse}\ndata: {type: world.points, embeddings: x}\ntrain: {steps: 5}\n")
+    assert load_recipe(path, {"train.steps": 7}).train.steps == 7
+    with pytest.raises(ConfigError, match="train.stepz"):
+        load_recipe(path, {"train.stepz": 7})
+    with pytest.raises(ConfigError):
+        load_recipe(path, {"steps": 7})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, data_dir: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        import cdm3d.training.data.world_points  # noqa: F401
+
+        trainer = Trainer(_recipe(Path(data_dir), steps=6, ema_decay=0.0), out)
+        trainer.fit(progress=False)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_with_two_gloo_processes_matches_one_process(data_dir, tmp_path) -> None:
+    single = Trainer(_recipe(data_dir, steps=6, ema_decay=0.0), tmp_path / "single")
+    single.fit(progress=False)
+    tmp_mp.spawn(_ddp_worker, args=(2, _free_port(), str(data_dir), str(tmp_path / "ddp")), nprocs=2, join=True)
+    from cdm3d.core import load_stage
+
+    ddp = load_stage(tmp_path / "ddp" / "stage.safetensors")
+    for (k, v), (_, w) in zip(single.ema.state_dict().items(), ddp.state_dict().items()):
+        torch.testing.assert_close(v, w, rtol=1e-4, atol=1e-5, msg=k)
