@@ -25,12 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and exit")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds"
+    )
     args = parser.parse_args(argv)
 
     from cdm3d.errors import Cdm3dError
 
     try:
         import cdm3d.training.data.world_points  # noqa: F401  (registers the data source)
+        from cdm3d.stages import load_builtin
+
+        load_builtin()
         from cdm3d.training.trainer import Trainer, init_distributed, load_recipe
 
         overrides = {}
@@ -45,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         device = init_distributed(args.device)
         trainer = Trainer(recipe, args.out, device)
-        losses = trainer.fit(resume=args.resume, progress=not args.no_progress)
+        losses = trainer.fit(resume=args.resume, progress=not args.no_progress, time_limit=args.time_limit)
         if losses and trainer.rank == 0:
             print(f"step {trainer.step}: last loss {losses[-1]:.4f}; weights in {args.out / 'stage.safetensors'}")
     except Cdm3dError as err:

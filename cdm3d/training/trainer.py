@@ -193,8 +193,14 @@ class Trainer:
         # Through the DDP wrapper, so its gradient hooks run.
         return self.stage.loss(x0, cond, cond_input, self.generator, part=part, net=self.model)
 
-    def fit(self, resume: bool = False, progress: bool = True, until: int | None = None) -> list[float]:
-        """Train to ``train.steps`` (or stop early after step ``until``); returns the losses of this call."""
+    def fit(
+        self, resume: bool = False, progress: bool = True, until: int | None = None, time_limit: float | None = None
+    ) -> list[float]:
+        """Train to ``train.steps``; returns the losses of this call.
+
+        ``until`` stops after that step, ``time_limit`` after that many seconds
+        (with a checkpoint), as a budget guard on shared machines.
+        """
         from tqdm.auto import tqdm
 
         s = self.recipe.train
@@ -227,8 +233,11 @@ class Trainer:
                         if writer is not None:
                             writer.add_scalar("loss", loss, self.step)
                             writer.add_scalar("lr", lr, self.step)
-                if self.step % s.checkpoint_every == 0 or self.step == s.steps:
+                out_of_time = time_limit is not None and time.time() - start > time_limit
+                if self.step % s.checkpoint_every == 0 or self.step == s.steps or out_of_time:
                     self.save()
+                if out_of_time:
+                    break
         finally:
             bar.close()
             if log is not None:

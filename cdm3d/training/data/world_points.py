@@ -41,6 +41,11 @@ class WorldPointsConfig(StrictConfig):
     workers: int = Field(2, ge=1)
 
 
+def _quiet_worker() -> None:
+    # One thread per worker process: the pool already uses every core.
+    torch.set_num_threads(1)
+
+
 def _object_points(job: tuple[str, int, int]) -> np.ndarray:
     from cdm3d.data.world import World
 
@@ -55,7 +60,7 @@ def build_geometry(split: str, objects: int, points: int, path: Path, workers: i
     jobs = [(split, i, points) for i in range(objects)]
     out = np.empty((objects, points, 6), np.float16)
     if workers > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=_quiet_worker) as pool:
             for i, arr in enumerate(
                 tqdm(pool.imap(_object_points, jobs, chunksize=64), total=objects, desc="geometry")
             ):
