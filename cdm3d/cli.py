@@ -27,6 +27,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=None, help="guidance scale for every diffusion stage")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--no-preview", action="store_true", help="do not write preview PNGs")
     p.set_defaults(func=_generate)
 
 
@@ -55,6 +56,9 @@ def _generate(args: argparse.Namespace) -> int:
             f"no cascade folder at {args.model}"
             + (" (no default weights are shipped in this version yet)" if args.model == DEFAULT_MODEL else "")
         )
+    from cdm3d.stages import load_builtin
+
+    load_builtin()
     cascade = Cascade.from_pretrained(args.model)
     diffusion = [n for n, s in cascade.stages.items() if isinstance(s, DiffusionStage)]
     out = cascade(
@@ -71,6 +75,15 @@ def _generate(args: argparse.Namespace) -> int:
             continue
         for path in save(args.out, stem=name, force=args.force):
             print(path)
+    final = out.final
+    if not args.no_preview and hasattr(final, "preview"):
+        from cdm3d.render.preview import save_png
+        from cdm3d.types.points import check_writable
+
+        for i in range(len(final)):
+            path = args.out / f"preview_{i}.png"
+            check_writable(path, args.force)
+            print(save_png(final.preview(i), path))
     return 0
 
 

@@ -1,0 +1,44 @@
+"""Assemble a cascade folder from trained stage files and a CLIP.
+
+    bash tools/env.sh python tools/assemble_cascade.py --clip runs/clip_small/clip.safetensors \
+        --stage coarse=runs/points_coarse/stage.safetensors --stage upsample=runs/points_upsample/stage.safetensors \
+        --out cdm3d/weights/default --overwrite
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clip", type=Path, required=True)
+    parser.add_argument("--stage", action="append", required=True, metavar="NAME=WEIGHTS")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    from cdm3d.core import Cascade, ClipEncoder, load_stage
+    from cdm3d.errors import Cdm3dError
+    from cdm3d.stages import load_builtin
+
+    try:
+        load_builtin()
+        stages = []
+        for item in args.stage:
+            name, sep, path = item.partition("=")
+            if not sep:
+                raise Cdm3dError(f"--stage {item!r} must look like name=path")
+            stages.append((name, load_stage(path)))
+        cascade = Cascade(stages, clip=ClipEncoder.load(args.clip))
+        cascade.save_pretrained(args.out, overwrite=args.overwrite)
+    except Cdm3dError as err:
+        print(f"assemble_cascade: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
