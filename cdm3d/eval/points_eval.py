@@ -36,7 +36,7 @@ def test_prompts(per_category: int) -> list[tuple[int, str, str, str]]:
 
 
 def ground_truth(index: int, points: int) -> torch.Tensor:
-    xyz, rgb = World("test")[index].points(points, seed=12345)
+    xyz, _ = World("test")[index].points(points, seed=12345)
     return torch.from_numpy(xyz)
 
 
