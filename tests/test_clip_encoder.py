@@ -133,3 +133,17 @@ def test_local_open_clip_checkpoint(tiny: ClipEncoder, tmp_path) -> None:
     torch.testing.assert_close(enc.encode_text(["a mug"]), tiny.encode_text(["a mug"]))
     with pytest.raises(InputError, match="not found"):
         ClipEncoder.from_checkpoint(tmp_path / "missing.pt", "cdm3d-test-tiny")
+
+
+def test_image_normalisation_is_saved_and_used(tiny: ClipEncoder, tmp_path) -> None:
+    # cdm3d's custom CLIPs see [0, 1] images unchanged; training uses the same preprocess().
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(tiny.preprocess(x), x)
+    tiny.image_mean, tiny.image_std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    try:
+        tiny.save(tmp_path / "c.safetensors")
+        loaded = ClipEncoder.load(tmp_path / "c.safetensors")
+        assert loaded.image_mean == (0.5, 0.5, 0.5) and loaded.image_std == (0.25, 0.25, 0.25)
+        torch.testing.assert_close(loaded.encode_image(x), tiny.encode_image(x))
+    finally:
+        tiny.image_mean, tiny.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)

@@ -107,13 +107,32 @@ class ClipEncoder:
         name: a short description for messages and metadata.
         custom_config: the open_clip model config when the model is a custom one
             (needed to save it); ``None`` for named architectures.
+        image_mean, image_std: per-channel input normalisation. Named open_clip
+            models use OpenAI's statistics; cdm3d's custom CLIPs see images in
+            [0, 1] as they are (mean 0, std 1), in training and in use alike.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, custom_config: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str,
+        custom_config: dict[str, Any] | None = None,
+        image_mean: tuple[float, float, float] | None = None,
+        image_std: tuple[float, float, float] | None = None,
+    ):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.name = name
         self.custom_config = custom_config
+        if image_mean is None or image_std is None:
+            if custom_config is not None:
+                image_mean, image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+            else:
+                from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+                image_mean, image_std = tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
+        self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self._null_text: torch.Tensor | None = None
 
     # -- construction -----------------------------------------------------------------
@@ -175,6 +194,11 @@ class ClipEncoder:
         enc = cls.from_config(config)
         load_state_into(enc.model, tensors, path)
         enc.name = meta.get("cdm3d.name", Path(path).stem)
+        if "cdm3d.preprocess" in meta:
+            import json
+
+            norm = json.loads(meta["cdm3d.preprocess"])
+            enc.image_mean, enc.image_std = tuple(norm["mean"]), tuple(norm["std"])
         return enc
 
     def save(self, path: str | Path) -> None:
@@ -188,7 +212,12 @@ class ClipEncoder:
         save_tensors(
             path,
             self.model.state_dict(),
-            {"cdm3d.kind": "clip", "cdm3d.name": self.name, "cdm3d.config": json.dumps(self.custom_config)},
+            {
+                "cdm3d.kind": "clip",
+                "cdm3d.name": self.name,
+                "cdm3d.config": json.dumps(self.custom_config),
+                "cdm3d.preprocess": json.dumps({"mean": self.image_mean, "std": self.image_std}),
+            },
         )
 
     # -- properties -------------------------------------------------------------------
@@ -222,20 +251,25 @@ class ClipEncoder:
         emb = self.model.encode_text(tokens).float()
         return torch.nn.functional.normalize(emb, dim=-1)
 
-    @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, D]`` unit-norm image embeddings of ``images [B, 3, H, W]`` in [0, 1]."""
-        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's input for ``images [B, 3, H, W]`` in [0, 1]: resized and normalised.
 
-        images = check_images(images).to(self.device, torch.float32)
+        Training uses this too, so a CLIP sees the same inputs in training and in use.
+        """
+        images = images.to(self.device, torch.float32)
         size = self.image_size
         if images.shape[-2:] != (size, size):
             images = torch.nn.functional.interpolate(
                 images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )
-        mean = torch.tensor(OPENAI_DATASET_MEAN, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(OPENAI_DATASET_STD, device=self.device).view(1, 3, 1, 1)
-        emb = self.model.encode_image((images - mean) / std).float()
+        mean = torch.tensor(self.image_mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std, device=self.device).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` unit-norm image embeddings of ``images [B, 3, H, W]`` in [0, 1]."""
+        emb = self.model.encode_image(self.preprocess(check_images(images))).float()
         return torch.nn.functional.normalize(emb, dim=-1)
 
     def null_text(self) -> torch.Tensor:

@@ -134,7 +134,8 @@ def train_clip(recipe: ClipRecipe, out: Path, resume: bool = True, progress: boo
         # One view of distinct objects per batch, so no caption matches two images.
         objs = torch.randperm(d.objects, generator=g)[: recipe.train.batch_size]
         views = torch.randint(0, d.views, (len(objs),), generator=g)
-        batch = to_float(images[objs * d.views + views])
+        # The encoder's own preprocessing, so training and use see the same inputs.
+        batch = encoder.preprocess(to_float(images[objs * d.views + views]))
         texts = [caption_of(seeds[i], labels[i], rng.randrange(d.caption_variants)) for i in objs.tolist()]
         tokens = encoder.tokenizer(texts)
         for group in opt.param_groups:
