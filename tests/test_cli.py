@@ -50,3 +50,54 @@ def test_info_describes_a_cascade_folder(tmp_path, capsys) -> None:
     assert main(["info", "--model", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "coarse: toy.coarse" in out and "M parameters" in out
+
+
+def _tiny_point_cascade(folder) -> None:
+    import torch
+
+    from cdm3d.core import Cascade, ClipEncoder, build_stage
+    from cdm3d.stages import load_builtin
+
+    load_builtin()
+    clip = ClipEncoder.from_config(
+        {
+            "embed_dim": 16,
+            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        }
+    )
+    net = {"width": 32, "layers": 1, "heads": 2}
+    coarse = build_stage(
+        {"type": "points.coarse", "embed_dim": 16, "num_points": 32, "network": net, "sampling": {"steps": 2}}
+    )
+    up = build_stage(
+        {
+            "type": "points.upsample",
+            "embed_dim": 16,
+            "num_points": 32,
+            "coarse_points": 32,
+            "network": net,
+            "sampling": {"steps": 2},
+        }
+    )
+    torch.manual_seed(0)
+    for stage in (coarse, up):
+        for p in stage.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+    Cascade([("coarse", coarse), ("upsample", up)], clip=clip).save_pretrained(folder)
+
+
+def test_generate_writes_clouds_and_previews_and_refuses_to_overwrite(tmp_path, capsys) -> None:
+    model, out = tmp_path / "model", tmp_path / "out"
+    _tiny_point_cascade(model)
+    assert main(["generate", "a red cube", "a blue mug", "--model", str(model), "-o", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "upsample_1.ply" in names and "coarse_0.npz" in names and "preview_1.png" in names
+    from cdm3d.types import PointClouds
+
+    assert PointClouds.load(out / "upsample_0.npz").num_points == 64
+    assert main(["generate", "a red cube", "--model", str(model), "-o", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["generate", "a red cube", "--model", str(model), "-o", str(out), "--force"]) == 0
+    assert main(["generate", "", "--model", str(model), "-o", str(out), "--force"]) == 2
+    assert "empty" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,6 +127,13 @@ class PointClouds:
         if xyz.ndim != 2 or xyz.shape[1] != 3 or not np.isfinite(xyz).all():
             raise InputError(f"{path}: point coordinates must be finite [N, 3]")
         return cls(torch.from_numpy(xyz)[None], torch.from_numpy(rgb)[None])
+
+    def preview(self, index: int = 0, size: int = 256, camera: Any = None) -> torch.Tensor:
+        """A rendered view ``[size, size, 3]`` of cloud ``index``."""
+        from cdm3d.render import Camera, render_points
+
+        radius = max(1.0, size / 256 * 1.5)
+        return render_points(self.coords[index], self.colors[index], camera or Camera(), size=size, radius=radius)
 
     def save_all(
         self, directory: str | Path, stem: str, force: bool = False, formats: tuple[str, ...] = (".ply", ".npz")
