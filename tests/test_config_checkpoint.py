@@ -183,3 +183,17 @@ def test_registry_resolves_entry_points_lazily(monkeypatch) -> None:
     assert reg.get("fake.stage") == "loaded!"
     with pytest.raises(ConfigError, match="known types: fake.stage"):
         reg.get("other")
+
+
+def test_written_files_get_ordinary_permissions(tmp_path) -> None:
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "c.safetensors"
+        save_stage(_coarse(), path)
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+        folder = Cascade([("coarse", _coarse())]).save_pretrained(tmp_path / "casc")
+        assert oct(folder.stat().st_mode & 0o777) == oct(0o755)
+    finally:
+        os.umask(umask)

@@ -10,6 +10,7 @@ A trained cascade is a folder::
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 import zlib
@@ -225,6 +226,9 @@ class Cascade:
             raise InputError(f"{directory} exists; pass overwrite=True to replace it")
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a cascade folder is an ordinary folder
         try:
             entries = []
             for name, stage in self.stages.items():
@@ -232,7 +236,8 @@ class Cascade:
                 entries.append({"name": name, "weights": f"{name}.safetensors"})
             clip: dict[str, Any] | None = None
             if self.clip is not None and self.clip.custom_config is not None:
-                self.clip.save(tmp / "clip.safetensors")
+                # The frozen CLIP ships in half precision: half the size, embeddings equal to ~1e-3.
+                self.clip.save(tmp / "clip.safetensors", dtype=torch.float16)
                 clip = {"weights": "clip.safetensors"}
             elif self.clip_ref is not None:
                 clip = self.clip_ref.model_dump(exclude_none=True)

@@ -40,13 +40,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise InputError(f"cannot write {path}: folder {parent} is not writable")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     os.close(fd)
-    # mkstemp makes the file private (0600); give it the usual permissions under the umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp (and some writers, safetensors among them) make files private (0600);
+        # give the result the usual permissions under the umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -201,7 +201,8 @@ class ClipEncoder:
             enc.image_mean, enc.image_std = tuple(norm["mean"]), tuple(norm["std"])
         return enc
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Save a custom CLIP (config and normalisation inside); ``dtype=torch.float16`` halves the file."""
         import json
 
         if self.custom_config is None:
@@ -211,7 +212,10 @@ class ClipEncoder:
             )
         save_tensors(
             path,
-            self.model.state_dict(),
+            {
+                k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+                for k, v in self.model.state_dict().items()
+            },
             {
                 "cdm3d.kind": "clip",
                 "cdm3d.name": self.name,

@@ -17,6 +17,7 @@ from cdm3d.core import ClipEncoder
 from cdm3d.core.checkpoint import atomic_path
 from cdm3d.core.config import StrictConfig, load_yaml, validate
 from cdm3d.data.world import World, caption_of
+from cdm3d.errors import ConfigError
 from cdm3d.render import Camera
 
 
@@ -35,6 +36,11 @@ class ClipTrainConfig(StrictConfig):
     warmup: int = 100
     seed: int = 0
     checkpoint_every: int = Field(250, ge=1)
+    # Start from a trained cdm3d CLIP file instead of random weights.
+    init: str | None = None
+    # Keep the text tower (and so every text embedding) fixed: improves the image tower of a CLIP
+    # whose text embeddings other stages were already trained on.
+    freeze_text: bool = False
 
 
 class ClipEvalConfig(StrictConfig):
@@ -98,10 +104,20 @@ def train_clip(recipe: ClipRecipe, out: Path, resume: bool = True, progress: boo
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").write_text(recipe.model_dump_json(indent=2))
     torch.manual_seed(recipe.train.seed)
-    encoder = ClipEncoder.from_config(recipe.model, seed=recipe.train.seed)
+    if recipe.train.init is not None:
+        encoder = ClipEncoder.load(recipe.train.init)
+        if encoder.custom_config != recipe.model:
+            raise ConfigError(f"{recipe.train.init} is not a CLIP of this recipe's model config")
+    else:
+        encoder = ClipEncoder.from_config(recipe.model, seed=recipe.train.seed)
     model = encoder.model.train().requires_grad_(True)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    if recipe.train.freeze_text:
+        for name, p in model.named_parameters():
+            if not name.startswith("visual.") and name != "logit_scale":
+                p.requires_grad_(False)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=recipe.train.lr,
@@ -155,7 +171,14 @@ def train_clip(recipe: ClipRecipe, out: Path, resume: bool = True, progress: boo
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
     bar.close()
     log.close()
-    encoder = ClipEncoder(model, encoder.tokenizer, "cdm3d-small-clip", custom_config=recipe.model)
+    encoder = ClipEncoder(
+        model,
+        encoder.tokenizer,
+        "cdm3d-small-clip",
+        custom_config=recipe.model,
+        image_mean=encoder.image_mean,
+        image_std=encoder.image_std,
+    )
     encoder.save(out / "clip.safetensors")
     (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start, "steps": step}))
     return encoder

@@ -14,13 +14,9 @@ python3 -m pip install -q --no-index --no-deps --find-links .wheels --target /tm
 export PYTHONPATH=/tmp/pylib:$PWD
 python3 -c "import torch, pydantic, trimesh, manifold3d; print('torch', torch.__version__, torch.cuda.is_available())"
 start=$(date +%s)
-python3 - <<PY
-from pathlib import Path
-from cdm3d.training.data.world_points import build_geometry
-build_geometry("train", $OBJECTS, 4096, Path("runs/cache/world-train-${OBJECTS}x4096.npy"), workers=$WORKERS)
-build_geometry("val", $VAL, 4096, Path("runs/cache/world-val-${VAL}x4096.npy"), workers=$WORKERS)
-PY
-echo "geometry: $(( $(date +%s) - start )) s"
+timeout 120 python3 tools/build_world_cache.py --split train --objects "$OBJECTS" --workers "$WORKERS"
+timeout 60 python3 tools/build_world_cache.py --split val --objects "$VAL" --workers "$WORKERS"
+echo "geometry: $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
 common=(--device "${DEVICE:-cuda}" --no-progress --time-limit "$LIMIT" --set "train.steps=$STEPS" --set "data.objects=$OBJECTS")
 export OMP_NUM_THREADS=4
 python3 tools/train.py --config configs/train/points_coarse.yaml --out /tmp/runs/coarse "${common[@]}" > /tmp/runs/coarse.log 2>&1 &
