@@ -141,3 +141,22 @@ def test_toy_stages_pass_the_stage_contract(trained: Cascade, tmp_path) -> None:
         bad_prevs=[Signals(torch.randn(3, COARSE)), Signals(torch.full((4, COARSE), float("nan")))],
         sampling=FAST,
     )
+
+
+def test_offload_keeps_stages_off_the_device_between_runs(trained: Cascade) -> None:
+    cond = conditioning(_labels(4))
+    settings = {"coarse": FAST, "upsample": FAST}
+    a = trained.run(cond, seed=0, sampling=settings, progress=False)
+    seen = []
+    b = trained.run(
+        cond,
+        seed=0,
+        sampling=settings,
+        progress=False,
+        device="cpu",
+        offload=True,
+        callback=lambda name, i, n: seen.append((name, str(trained.stages[name].device))),
+    )
+    assert torch.equal(a["upsample"].values, b["upsample"].values)
+    assert {s for s in seen} == {("coarse", "cpu"), ("upsample", "cpu")}
+    assert seen[0][0] == "coarse" and seen[-1] == ("upsample", "cpu") and len(seen) == 2 * 20

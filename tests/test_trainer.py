@@ -140,3 +140,24 @@ def test_ddp_with_two_gloo_processes_matches_one_process(data_dir, tmp_path) -> 
     ddp = load_stage(tmp_path / "ddp" / "stage.safetensors")
     for (k, v), (_, w) in zip(single.ema.state_dict().items(), ddp.state_dict().items()):
         torch.testing.assert_close(v, w, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_real_data_shards_train_through_the_same_trainer(data_dir, tmp_path) -> None:
+    import cdm3d.training.data.world_points  # noqa: F401
+    from cdm3d.data.prepare import PrepareOptions, prepare_world
+
+    prepare_world("val", 6, tmp_path / "shards", PrepareOptions(points=128), progress=False)
+    ClipEncoder.from_config(TINY_CLIP).save(tmp_path / "clip.safetensors")
+    recipe = _recipe(data_dir, steps=5)
+    recipe = TrainRecipe.model_validate(
+        {
+            **recipe.model_dump(),
+            "data": {
+                "type": "shards.points",
+                "path": str(tmp_path / "shards"),
+                "clip": str(tmp_path / "clip.safetensors"),
+            },
+        }
+    )
+    losses = Trainer(recipe, tmp_path / "run").fit(progress=False)
+    assert len(losses) == 5 and all(torch.isfinite(torch.tensor(losses)))

@@ -106,12 +106,57 @@ def build_world_embeddings(
     save_tensors(path, tensors, {"cdm3d.kind": "embeddings", "split": split, "clip": clip.name})
 
 
-class WorldPointsData:
-    """Batches for ``points.coarse`` and ``points.upsample`` stages."""
+class PointCloudData:
+    """Batches for ``points.coarse`` and ``points.upsample`` from clouds and embeddings in memory.
+
+    Subclasses set ``points [M, P, 6]``, ``text [M, V, D]``, ``image [M, R, D] | None``,
+    ``null_text [D]`` and ``image_prob``.
+    """
+
+    stage: DiffusionStage
+    points: torch.Tensor
+    text: torch.Tensor
+    image: torch.Tensor | None
+    null_text: torch.Tensor
+    image_prob: float
+
+    def _check_sizes(self) -> None:
+        cfg = self.stage.config
+        need = cfg.num_points + getattr(cfg, "coarse_points", 0) if self.stage.consumes else cfg.num_points
+        if need > self.points.shape[1]:
+            raise InputError(f"the stage needs {need} points per object; the data holds {self.points.shape[1]}")
+
+    def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, Conditioning, torch.Tensor | None]:
+        """``(x0, cond, cond_input)`` for a batch of ``size`` examples (CPU tensors)."""
+        idx = torch.randint(0, len(self.points), (size,), generator=generator)
+        pts = self.points[idx].float()
+        order = torch.rand(size, pts.shape[1], generator=generator).argsort(1)
+        pts = torch.gather(pts, 1, order[..., None].expand(-1, -1, 6))
+        cfg = self.stage.config
+        cond_input = None
+        if self.stage.consumes is None:
+            x0 = pts[:, : cfg.num_points]
+        else:
+            cond_input = pts[:, : cfg.coarse_points]
+            x0 = pts[:, cfg.coarse_points : cfg.coarse_points + cfg.num_points]
+        text = self.text[idx, torch.randint(0, self.text.shape[1], (size,), generator=generator)].float()
+        use_image = torch.rand(size, generator=generator) < self.image_prob
+        embeddings = {"text": text}
+        null = {"text": self.null_text, "image": torch.zeros_like(self.null_text)}
+        if self.image is not None and "image" in cfg.cond_keys:
+            image = self.image[idx, torch.randint(0, self.image.shape[1], (size,), generator=generator)].float()
+            embeddings["text"] = torch.where(use_image[:, None], self.null_text.expand(size, -1), text)
+            embeddings["image"] = torch.where(use_image[:, None], image, torch.zeros_like(image))
+        return x0, Conditioning(embeddings, null), cond_input
+
+
+class WorldPointsData(PointCloudData):
+    """World clouds (cached geometry) with precomputed text and image embeddings."""
 
     def __init__(self, config: WorldPointsConfig, stage: DiffusionStage) -> None:
         self.config = config
         self.stage = stage
+        self.image_prob = config.image_prob
         tensors, meta = load_tensors(config.embeddings)
         if meta.get("split") != config.split:
             raise InputError(f"embeddings {config.embeddings} are of split {meta.get('split')!r}, not {config.split!r}")
@@ -127,37 +172,48 @@ class WorldPointsData:
             self.points = torch.from_numpy(np.load(cache))
         else:
             self.points = build_geometry(config.split, config.objects, config.points, cache, config.workers)
+        self.text, self.points = self.text[: config.objects], self.points[: config.objects]
+        if self.image is not None:
+            self.image = self.image[: config.objects]
         self._check_sizes()
-
-    def _check_sizes(self) -> None:
-        cfg = self.stage.config
-        need = cfg.num_points + getattr(cfg, "coarse_points", 0) if self.stage.consumes else cfg.num_points
-        if need > self.config.points:
-            raise InputError(f"the stage needs {need} points per object; the data caches {self.config.points}")
-
-    def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, Conditioning, torch.Tensor | None]:
-        """``(x0, cond, cond_input)`` for a batch of ``size`` examples (CPU tensors)."""
-        n_obj = self.config.objects
-        idx = torch.randint(0, n_obj, (size,), generator=generator)
-        pts = self.points[idx].float()
-        order = torch.rand(size, pts.shape[1], generator=generator).argsort(1)
-        pts = torch.gather(pts, 1, order[..., None].expand(-1, -1, 6))
-        cfg = self.stage.config
-        cond_input = None
-        if self.stage.consumes is None:
-            x0 = pts[:, : cfg.num_points]
-        else:
-            cond_input = pts[:, : cfg.coarse_points]
-            x0 = pts[:, cfg.coarse_points : cfg.coarse_points + cfg.num_points]
-        text = self.text[idx, torch.randint(0, self.text.shape[1], (size,), generator=generator)].float()
-        use_image = torch.rand(size, generator=generator) < self.config.image_prob
-        embeddings = {"text": text}
-        null = {"text": self.null_text, "image": torch.zeros_like(self.null_text)}
-        if self.image is not None and "image" in cfg.cond_keys:
-            image = self.image[idx, torch.randint(0, self.image.shape[1], (size,), generator=generator)].float()
-            embeddings["text"] = torch.where(use_image[:, None], self.null_text.expand(size, -1), text)
-            embeddings["image"] = torch.where(use_image[:, None], image, torch.zeros_like(image))
-        return x0, Conditioning(embeddings, null), cond_input
 
 
 DATASETS.register("world.points")((WorldPointsConfig, WorldPointsData))
+
+
+class ShardPointsConfig(StrictConfig):
+    """Real data: shards from tools/prepare_dataset.py, conditioned on their captions' CLIP embeddings."""
+
+    type: Literal["shards.points"] = "shards.points"
+    path: str  # folder of shard-*.npz files
+    clip: str  # the cdm3d CLIP file whose embeddings the stage is trained on
+
+
+class ShardPointsData(PointCloudData):
+    """Shard clouds with text embeddings of their captions (computed once at start; no image slot)."""
+
+    def __init__(self, config: ShardPointsConfig, stage: DiffusionStage) -> None:
+        from cdm3d.core import ClipEncoder
+        from cdm3d.data.shards import iter_records
+
+        self.config, self.stage, self.image_prob, self.image = config, stage, 0.0, None
+        records = list(iter_records(config.path))
+        sizes = {len(r.xyz) for r in records}
+        if len(sizes) != 1:
+            raise InputError(
+                f"shards in {config.path} mix point counts {sorted(sizes)}; prepare them with one --points"
+            )
+        self.points = torch.from_numpy(
+            np.stack([np.concatenate([r.xyz, r.rgb * 2 - 1], 1) for r in records]).astype(np.float16)
+        )
+        clip = ClipEncoder.load(config.clip)
+        with torch.no_grad():
+            text = torch.cat(
+                [clip.encode_text([r.caption for r in records[i : i + 256]]) for i in range(0, len(records), 256)]
+            )
+        self.text = text[:, None].half()
+        self.null_text = clip.null_text().float()
+        self._check_sizes()
+
+
+DATASETS.register("shards.points")((ShardPointsConfig, ShardPointsData))
