@@ -12,7 +12,7 @@ import torch.multiprocessing as tmp_mp
 
 from cdm3d.core import ClipEncoder
 from cdm3d.errors import TrainingError
-from cdm3d.training.data.world_points import build_world_embeddings
+from cdm3d.training.data.points import build_world_embeddings
 from cdm3d.training.trainer import Trainer, TrainRecipe, load_recipe
 
 TINY_CLIP = {
@@ -61,7 +61,7 @@ def _recipe(data_dir: Path, stage: str = "points.coarse", **train) -> TrainRecip
 
 
 def test_tiny_training_lowers_the_loss(data_dir, tmp_path) -> None:
-    import cdm3d.training.data.world_points  # noqa: F401
+    import cdm3d.training.data.points  # noqa: F401
 
     losses = Trainer(_recipe(data_dir, steps=120), tmp_path / "run").fit(progress=False)
     assert len(losses) == 120
@@ -123,7 +123,7 @@ def _ddp_worker(rank: int, world: int, port: int, data_dir: str, out: str) -> No
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        import cdm3d.training.data.world_points  # noqa: F401
+        import cdm3d.training.data.points  # noqa: F401
 
         trainer = Trainer(_recipe(Path(data_dir), steps=6, ema_decay=0.0), out)
         trainer.fit(progress=False)
@@ -143,7 +143,7 @@ def test_ddp_with_two_gloo_processes_matches_one_process(data_dir, tmp_path) -> 
 
 
 def test_real_data_shards_train_through_the_same_trainer(data_dir, tmp_path) -> None:
-    import cdm3d.training.data.world_points  # noqa: F401
+    import cdm3d.training.data.points  # noqa: F401
     from cdm3d.data.prepare import PrepareOptions, prepare_world
 
     prepare_world("val", 6, tmp_path / "shards", PrepareOptions(points=128), progress=False)

@@ -17,7 +17,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
     args = parser.parse_args()
-    from cdm3d.training.data.world_points import build_geometry
+    from cdm3d.training.data.points import build_geometry
 
     path = args.cache_dir / f"world-{args.split}-{args.objects}x{args.points}.npy"
     if not path.exists():

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from cdm3d.core import ClipEncoder
     from cdm3d.errors import Cdm3dError
-    from cdm3d.training.data.world_points import build_world_embeddings
+    from cdm3d.training.data.points import build_world_embeddings
 
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)

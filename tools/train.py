@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.errors import Cdm3dError
 
     try:
-        import cdm3d.training.data.world_points  # noqa: F401  (registers the data source)
+        import cdm3d.training.data.points  # noqa: F401  (registers the data source)
         from cdm3d.stages import load_builtin
 
         load_builtin()

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cdm3d.eval.classifier import train_classifier, world_labels
-    from cdm3d.training.data.world_points import build_geometry
+    from cdm3d.training.data.points import build_geometry
 
     cache = args.cache_dir / f"world-train-{args.objects}x{args.points}.npy"
     if cache.exists():
