@@ -53,11 +53,15 @@ def fidelity(classifier: PointClassifier, clouds: PointClouds, categories: list[
     }
 
 
-def generate(cascade: Cascade, cond: Conditioning, batch: int, seed: int, **run_kwargs) -> dict[str, PointClouds]:
+def generate(
+    cascade: Cascade, cond: Conditioning, batch: int, seed: int, init: PointClouds | None = None, **run_kwargs
+) -> dict[str, PointClouds]:
+    """Run ``cascade`` over ``cond`` in batches (``init``, if given, is sliced along)."""
     outs: dict[str, list[PointClouds]] = defaultdict(list)
     for start in range(0, cond.batch_size, batch):
-        sub = cond.select(slice(start, start + batch))
-        out = cascade.run(sub, seed=seed + start, progress=False, **run_kwargs)
+        sl = slice(start, start + batch)
+        sub_init = None if init is None else init[sl]
+        out = cascade.run(cond.select(sl), seed=seed + start, progress=False, init=sub_init, **run_kwargs)
         for name, value in out.outputs.items():
             outs[name].append(value)
     return {
