@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         device = init_distributed(args.device)
         trainer = Trainer(recipe, args.out, device)
-        losses = trainer.fit(resume=args.resume, progress=not args.no_progress, time_limit=args.time_limit, until=args.stop_at_step)
+        losses = trainer.fit(
+            resume=args.resume, progress=not args.no_progress, time_limit=args.time_limit, until=args.stop_at_step
+        )
         if losses and trainer.rank == 0:
             print(f"step {trainer.step}: last loss {losses[-1]:.4f}; weights in {args.out / 'stage.safetensors'}")
     except Cdm3dError as err:

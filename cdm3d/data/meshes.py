@@ -72,16 +72,19 @@ def normalise(mesh: trimesh.Trimesh, extent: float = 1.8) -> trimesh.Trimesh:
 
 def sample_colored_points(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` area-uniform surface points ``[n, 3]`` and their interpolated colours ``[n, 3]``."""
-    points, face, bary = _sample_with_barycentrics(mesh, n, seed)
+    points, face, bary = sample_surface(np.asarray(mesh.vertices), np.asarray(mesh.faces), n, seed)
     colors = vertex_colors(mesh)
     rgb = (colors[mesh.faces[face]] * bary[:, :, None]).sum(1)
     return points.astype(np.float32), rgb.astype(np.float32)
 
 
-def _sample_with_barycentrics(mesh: trimesh.Trimesh, n: int, seed: int):
+def sample_surface(
+    vertices: np.ndarray, faces: np.ndarray, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` area-uniform surface points ``[n, 3]``, their faces ``[n]`` and barycentrics ``[n, 3]``."""
     rng = np.random.default_rng(seed)
-    tri = mesh.vertices[mesh.faces]
-    area = mesh.area_faces
+    tri = vertices[faces]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
     face = rng.choice(len(area), size=n, p=area / area.sum())
     u, v = rng.random((2, n))
     flip = u + v > 1

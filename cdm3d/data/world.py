@@ -24,6 +24,7 @@ import torch
 import trimesh
 
 from cdm3d.data import shapes
+from cdm3d.data.meshes import sample_surface
 from cdm3d.data.vocab import ATTRIBUTES, CATEGORIES, COLORS, COMPOSITES, caption
 from cdm3d.errors import InputError
 from cdm3d.render import Camera, render_mesh
@@ -99,15 +100,7 @@ class WorldObject:
 
     def points(self, n: int, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``n`` points on the surface, area-uniform: xyz ``[n, 3]`` and rgb ``[n, 3]`` (float32)."""
-        rng = np.random.default_rng(self.seed if seed is None else seed)
-        tri = self.vertices[self.faces]
-        area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-        face = rng.choice(len(self.faces), size=n, p=area / area.sum())
-        u, v = rng.random((2, n))
-        flip = u + v > 1
-        u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
-        t = tri[face]
-        xyz = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
+        xyz, face, _ = sample_surface(self.vertices, self.faces, n, self.seed if seed is None else seed)
         return xyz.astype(np.float32), self.face_colors[face].astype(np.float32)
 
     def sdf(self, queries: np.ndarray) -> np.ndarray:
