@@ -23,8 +23,8 @@ from cdm3d.eval.points_eval import (
     generate,
     ground_truth,
     per_category_distribution,
+    prompts_per_category,
     seconds_per_sample,
-    test_prompts,
     upsampler_vs_nearest,
 )
 
@@ -50,7 +50,7 @@ def main() -> None:
     names = [n for n, s in full.stages.items() if s.produces == "PointClouds"]
     cascade = Cascade([(n, full.stages[n]) for n in names], clip=full.clip)
     classifier = PointClassifier.load(args.classifier)
-    prompts = test_prompts(args.per_category)
+    prompts = prompts_per_category(args.per_category)
     captions = [p[1] for p in prompts]
     categories = [p[2] for p in prompts]
     colors = [p[3] for p in prompts]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from cdm3d.data.vocab import CATEGORIES
-from cdm3d.eval.points_eval import nearest_neighbour_upsample, test_prompts
+from cdm3d.eval.points_eval import nearest_neighbour_upsample, prompts_per_category
 
 
 def test_test_prompts_cover_every_category_equally() -> None:
-    prompts = test_prompts(2)
+    prompts = prompts_per_category(2)
     assert len(prompts) == 2 * len(CATEGORIES)
     assert {p[2] for p in prompts} == set(CATEGORIES)
 

@@ -23,7 +23,7 @@ from cdm3d.eval.point_metrics import chamfer, distribution_metrics
 from cdm3d.types import PointClouds
 
 
-def test_prompts(per_category: int) -> list[tuple[int, str, str, str]]:
+def prompts_per_category(per_category: int) -> list[tuple[int, str, str, str]]:
     """``(index, caption, category, primary colour)`` of test objects, ``per_category`` of each category."""
     world, count, out, i = World("test"), defaultdict(int), [], 0
     while min(count[c] for c in CATEGORIES) < per_category:
