@@ -147,3 +147,26 @@ def test_image_normalisation_is_saved_and_used(tiny: ClipEncoder, tmp_path) -> N
         torch.testing.assert_close(loaded.encode_image(x), tiny.encode_image(x))
     finally:
         tiny.image_mean, tiny.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+
+def test_clip_evaluation_runs_and_reports_every_metric(tiny: ClipEncoder) -> None:
+    from cdm3d.eval.clip_eval import attribute_phrases, evaluate_clip
+
+    assert len(attribute_phrases()) == 27 and "" in attribute_phrases()
+    report = evaluate_clip(tiny, count=100)
+    for key in (
+        "category_accuracy",
+        "color_accuracy",
+        "category_accuracy_attribute_blind",
+        "retrieval_top1",
+        "retrieval_top5",
+    ):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert report["retrieval_top5"] >= report["retrieval_top1"]
+
+
+def test_default_clip_is_shipped() -> None:
+    enc = ClipEncoder.default()
+    assert enc.embed_dim == 128 and enc.image_size == 64
+    cond = enc.encode(["a tall red lamp"])
+    assert cond.embeddings["text"].shape == (1, 128)

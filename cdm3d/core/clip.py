@@ -187,6 +187,14 @@ class ClipEncoder:
         return cls(model, tokenizer, "custom", custom_config=config)
 
     @classmethod
+    def default(cls) -> ClipEncoder:
+        """The small CLIP shipped in cdm3d's default cascade folder."""
+        path = Path(__file__).resolve().parents[1] / "weights" / "default" / "clip.safetensors"
+        if not path.is_file():
+            raise UnavailableError(f"the shipped CLIP is missing ({path}); reinstall cdm3d or {_ALTERNATIVES}")
+        return cls.load(path)
+
+    @classmethod
     def load(cls, path: str | Path) -> ClipEncoder:
         """A custom CLIP saved by :meth:`save` (safetensors, config inside)."""
         tensors, meta = load_tensors(path)
