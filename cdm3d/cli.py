@@ -8,6 +8,7 @@ Heavy libraries load only inside the subcommand that needs them, so ``cdm3d
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,21 @@ def _sampling_overrides(args: argparse.Namespace, names: list[str]) -> dict[str,
     return {name: dict(settings) for name in names} if settings else {}
 
 
+def _prepare_output_folder(out: Path, stems: list[str], count: int, force: bool) -> None:
+    """Create ``out`` and refuse, before any work, to overwrite results there without ``force``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the output folder {out}: {err.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise InputError(f"the output folder {out} is not writable")
+    if force:
+        return
+    existing = [p for stem in [*stems, "preview"] for i in range(count) for p in out.glob(f"{stem}_{i}.*")]
+    if existing:
+        raise InputError(f"{existing[0]} exists (and {len(existing) - 1} more); pass --force to overwrite")
+
+
 def _generate(args: argparse.Namespace) -> int:
     from cdm3d.core import Cascade, DiffusionStage
 
@@ -60,6 +76,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     load_builtin()
     cascade = Cascade.from_pretrained(args.model)
+    _prepare_output_folder(args.out, cascade.names, len(args.prompts), args.force)
     diffusion = [n for n, s in cascade.stages.items() if isinstance(s, DiffusionStage)]
     out = cascade(
         args.prompts,
@@ -68,22 +85,19 @@ def _generate(args: argparse.Namespace) -> int:
         sampling=_sampling_overrides(args, diffusion),
         device=args.device,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
+    # Everything was checked before sampling; each file is written atomically.
     for name, result in out.outputs.items():
         save = getattr(result, "save_all", None)
         if save is None:
             continue
-        for path in save(args.out, stem=name, force=args.force):
+        for path in save(args.out, stem=name, force=True):
             print(path)
     final = out.final
     if not args.no_preview and hasattr(final, "preview"):
         from cdm3d.render.preview import save_png
-        from cdm3d.types.points import check_writable
 
         for i in range(len(final)):
-            path = args.out / f"preview_{i}.png"
-            check_writable(path, args.force)
-            print(save_png(final.preview(i), path))
+            print(save_png(final.preview(i), args.out / f"preview_{i}.png"))
     return 0
 
 

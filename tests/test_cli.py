@@ -101,3 +101,17 @@ def test_generate_writes_clouds_and_previews_and_refuses_to_overwrite(tmp_path, 
     assert main(["generate", "a red cube", "--model", str(model), "-o", str(out), "--force"]) == 0
     assert main(["generate", "", "--model", str(model), "-o", str(out), "--force"]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_generate_checks_outputs_before_sampling(tmp_path, capsys) -> None:
+    model, out = tmp_path / "model", tmp_path / "out"
+    _tiny_point_cascade(model)
+    out.mkdir()
+    (out / "upsample_0.ply").write_text("keep me")
+    assert main(["generate", "a red cube", "--model", str(model), "-o", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["upsample_0.ply"]  # nothing else was written
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["generate", "a red cube", "--model", str(model), "-o", str(blocker / "sub")]) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
