@@ -47,6 +47,20 @@ def _sampling_overrides(args: argparse.Namespace, names: list[str]) -> dict[str,
     return {name: dict(settings) for name in names} if settings else {}
 
 
+def _check_device(name: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for, but no CUDA GPU is available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    return name
+
+
 def _prepare_output_folder(out: Path, stems: list[str], count: int, force: bool) -> None:
     """Create ``out`` and refuse, before any work, to overwrite results there without ``force``."""
     try:
@@ -74,6 +88,7 @@ def _generate(args: argparse.Namespace) -> int:
         )
     from cdm3d.stages import load_builtin
 
+    device = _check_device(args.device)
     load_builtin()
     cascade = Cascade.from_pretrained(args.model)
     _prepare_output_folder(args.out, cascade.names, len(args.prompts), args.force)
@@ -83,7 +98,7 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop_at=args.stop_at,
         sampling=_sampling_overrides(args, diffusion),
-        device=args.device,
+        device=device,
     )
     # Everything was checked before sampling; each file is written atomically.
     for name, result in out.outputs.items():

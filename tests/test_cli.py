@@ -115,3 +115,11 @@ def test_generate_checks_outputs_before_sampling(tmp_path, capsys) -> None:
     blocker.write_text("x")
     assert main(["generate", "a red cube", "--model", str(model), "-o", str(blocker / "sub")]) == 2
     assert "cannot create the output folder" in capsys.readouterr().err
+
+
+def test_bad_devices_are_one_line_errors(tmp_path, capsys) -> None:
+    model = tmp_path / "model"
+    _tiny_point_cascade(model)
+    for device in ("gpu", "cuda:0" if not __import__("torch").cuda.is_available() else "tpu"):
+        assert main(["generate", "a cube", "--model", str(model), "-o", str(tmp_path / "o"), "--device", device]) == 2
+        assert "device" in capsys.readouterr().err

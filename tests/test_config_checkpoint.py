@@ -197,3 +197,24 @@ def test_written_files_get_ordinary_permissions(tmp_path) -> None:
         assert oct(folder.stat().st_mode & 0o777) == oct(0o755)
     finally:
         os.umask(umask)
+
+
+def test_stage_names_are_checked_when_the_cascade_is_built() -> None:
+    for bad in ("../evil", "my stage", "clip", "", "1st"):
+        with pytest.raises(ConfigError, match="invalid stage name"):
+            Cascade([(bad, _coarse())])
+
+
+def test_sampling_overrides_cannot_exceed_the_training_steps() -> None:
+    stage = _coarse(diffusion={"schedule": {"num_train_timesteps": 50}}, sampling={"steps": 10})
+    with pytest.raises(ConfigError, match="exceed"):
+        stage.resolve_sampling({"steps": 80})
+
+
+def test_conditioning_select_with_a_mask_keeps_prompts_aligned() -> None:
+    from cdm3d.core import Conditioning
+
+    cond = Conditioning({"text": torch.eye(3)}, {"text": torch.zeros(3)}, ["a", "b", "c"])
+    sub = cond.select(torch.tensor([False, True, True]))
+    assert sub.prompts == ["b", "c"] and sub.batch_size == 2
+    assert cond.select(slice(0, 2)).prompts == ["a", "b"] and cond.select([2, 0]).prompts == ["c", "a"]

@@ -86,6 +86,9 @@ def test_resume_continues_with_the_same_losses_and_weights(data_dir, tmp_path) -
     losses_b = resumed.fit(resume=True, progress=False)
     assert resumed.step == 20 and len(losses_b) == 10
     assert losses_b == losses_a[10:]
+    # Rows logged after the checkpoint (steps 11-13) are dropped, not repeated.
+    steps = [int(line.split(",")[0]) for line in (tmp_path / "b" / "log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 21))
     for (k, v), (_, w) in zip(straight.ema.state_dict().items(), resumed.ema.state_dict().items()):
         assert torch.equal(v, w), k
     with pytest.raises(TrainingError, match="different recipe"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -31,6 +32,8 @@ from cdm3d.core.stage_io import build_stage, load_stage, save_stage
 from cdm3d.errors import CheckpointError, ConfigError, InputError
 
 CASCADE_FILE = "cascade.yaml"
+STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+RESERVED_NAMES = {"clip", "cascade"}
 CASCADE_FORMAT = "cdm3d-cascade/1"
 StageCallback = Callable[[str, int, int], None]
 
@@ -98,6 +101,11 @@ class Cascade:
     ) -> None:
         self.stages: dict[str, Stage] = {}
         for name, stage in stages:
+            if not isinstance(name, str) or not STAGE_NAME.match(name) or name in RESERVED_NAMES:
+                raise ConfigError(
+                    f"invalid stage name {name!r}: use letters, digits, '_', '.', '-' (not starting with a digit "
+                    f"or a dot), and not {sorted(RESERVED_NAMES)}"
+                )
             if name in self.stages:
                 raise ConfigError(f"stage name {name!r} is used twice in the cascade")
             if not isinstance(stage, Stage):
@@ -247,7 +255,11 @@ class Cascade:
                 backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
                 backup.rmdir()
                 directory.rename(backup)
-                tmp.rename(directory)
+                try:
+                    tmp.rename(directory)
+                except OSError:
+                    backup.rename(directory)  # put the previous folder back
+                    raise
                 shutil.rmtree(backup)
             else:
                 tmp.rename(directory)

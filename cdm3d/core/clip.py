@@ -26,7 +26,7 @@ import torch
 
 from cdm3d.core.checkpoint import config_from_metadata, load_state_into, load_tensors, save_tensors
 from cdm3d.core.conditioning import Conditioning
-from cdm3d.errors import ConfigError, InputError, UnavailableError
+from cdm3d.errors import CheckpointError, ConfigError, InputError, UnavailableError
 
 MAX_PROMPT_CHARS = 2000
 _ALTERNATIVES = (
@@ -197,16 +197,25 @@ class ClipEncoder:
     @classmethod
     def load(cls, path: str | Path) -> ClipEncoder:
         """A custom CLIP saved by :meth:`save` (safetensors, config inside)."""
+        import json
+
         tensors, meta = load_tensors(path)
         config = config_from_metadata(path, meta, "clip")
-        enc = cls.from_config(config)
+        try:
+            enc = cls.from_config(config)
+        except ConfigError as err:
+            raise CheckpointError(f"{path}: {err}") from None
         load_state_into(enc.model, tensors, path)
         enc.name = meta.get("cdm3d.name", Path(path).stem)
         if "cdm3d.preprocess" in meta:
-            import json
-
-            norm = json.loads(meta["cdm3d.preprocess"])
-            enc.image_mean, enc.image_std = tuple(norm["mean"]), tuple(norm["std"])
+            try:
+                norm = json.loads(meta["cdm3d.preprocess"])
+                mean, std = tuple(float(x) for x in norm["mean"]), tuple(float(x) for x in norm["std"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise CheckpointError(f"{path}: malformed image normalisation metadata ({err})") from None
+            if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+                raise CheckpointError(f"{path}: image normalisation needs 3 means and 3 positive stds")
+            enc.image_mean, enc.image_std = mean, std
         return enc
 
     def save(self, path: str | Path, dtype: torch.dtype | None = None) -> None:

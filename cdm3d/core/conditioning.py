@@ -98,8 +98,9 @@ class Conditioning:
         """A sub-batch."""
         prompts = None
         if self.prompts is not None:
-            idx = range(self.batch_size)[index] if isinstance(index, slice) else list(index)
-            prompts = [self.prompts[int(i)] for i in idx]
+            # Normalise slices, index lists and boolean masks alike to positions.
+            positions = torch.arange(self.batch_size)[index]
+            prompts = [self.prompts[int(i)] for i in positions.reshape(-1).tolist()]
         return Conditioning(
             {k: v[index] for k, v in self.embeddings.items()}, dict(self.null), prompts, dict(self.meta)
         )

@@ -50,7 +50,12 @@ class Registry(Generic[T]):
             if ep is not None:
                 # Loading the module runs its @register decorator; the entry
                 # point's own object is the fallback for plain classes.
-                obj = ep.load()
+                try:
+                    obj = ep.load()
+                except Exception as err:  # a broken plugin must not end in a bare traceback
+                    raise ConfigError(
+                        f"{self.kind} type {name!r} is provided by {ep.value}, which fails to load: {err}"
+                    ) from None
                 self._items.setdefault(name, obj)
         if name not in self._items:
             known = ", ".join(sorted(self.names())) or "none"

@@ -23,7 +23,7 @@ from cdm3d.core.config import StrictConfig, updated, validate
 from cdm3d.core.guidance import drop_embeddings, guided
 from cdm3d.core.sampling import sample_loop
 from cdm3d.core.schedulers import NoiseSchedule, NoiseScheduleConfig, SchedulerName, make_scheduler
-from cdm3d.errors import InputError
+from cdm3d.errors import ConfigError, InputError
 
 StepCallback = Callable[[int, int], None]
 
@@ -178,11 +178,14 @@ class DiffusionStage(Stage):
     def resolve_sampling(self, sampling: SamplingConfig | dict[str, Any] | None) -> SamplingConfig:
         if sampling is None:
             return self.config.sampling
-        if isinstance(sampling, SamplingConfig):
-            return sampling
-        if not isinstance(sampling, dict):
+        if isinstance(sampling, dict):
+            sampling = updated(self.config.sampling, sampling, f"sampling settings of stage '{self.name}'")
+        if not isinstance(sampling, SamplingConfig):
             raise InputError(f"sampling settings must be a mapping, got {type(sampling).__name__}")
-        return updated(self.config.sampling, sampling, f"sampling settings of stage '{self.name}'")
+        limit = self.config.diffusion.schedule.num_train_timesteps
+        if sampling.steps > limit:
+            raise ConfigError(f"stage '{self.name}': {sampling.steps} sampling steps exceed its {limit} training steps")
+        return sampling
 
     def num_steps(self, sampling: Any = None) -> int:
         s = self.resolve_sampling(sampling)

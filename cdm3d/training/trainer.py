@@ -74,11 +74,11 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     return validate(TrainRecipe, data, str(path))
 
 
-def lr_at(step: int, s: TrainSettings) -> float:
-    """Linear warm-up, then cosine decay to a tenth."""
+def lr_at(step: int, s: TrainSettings, horizon: int | None = None) -> float:
+    """Linear warm-up, then cosine decay to a tenth at ``horizon`` (default: ``s.steps``), then flat."""
     if step < s.warmup:
         return s.lr * (step + 1) / s.warmup
-    progress = (step - s.warmup) / max(1, s.steps - s.warmup)
+    progress = (step - s.warmup) / max(1, (horizon or s.steps) - s.warmup)
     return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -117,6 +117,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(s.seed)
         self.step = 0
         self.bad_steps = 0
+        # The step count the learning-rate schedule decays over; kept when a resumed run trains longer.
+        self.lr_horizon = s.steps
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -127,20 +129,26 @@ class Trainer:
             "step": torch.tensor(self.step),
             "generator": self.generator.get_state(),
             "recipe": self.recipe.model_dump_json(),
+            "lr_horizon": torch.tensor(self.lr_horizon),
         }
 
     def load_state(self, path: Path) -> None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
+            saved_recipe = json.loads(state["recipe"])
         except Exception as err:
-            raise TrainingError(f"cannot resume: {path} is unreadable ({err})") from None
-        if _comparable(json.loads(state["recipe"])) != _comparable(json.loads(self.recipe.model_dump_json())):
+            raise TrainingError(f"cannot resume: {path} is unreadable ({type(err).__name__}: {err})") from None
+        if _comparable(saved_recipe) != _comparable(json.loads(self.recipe.model_dump_json())):
             raise TrainingError(f"cannot resume: {path} was written by a different recipe; use a new run folder")
-        self.stage.load_state_dict(state["stage"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        self.generator.set_state(state["generator"])
+        try:
+            self.stage.load_state_dict(state["stage"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+            self.generator.set_state(state["generator"])
+            self.lr_horizon = int(state.get("lr_horizon", saved_recipe["train"]["steps"]))
+        except Exception as err:
+            raise TrainingError(f"cannot resume: {path} is damaged ({type(err).__name__}: {err})") from None
 
     def save(self) -> None:
         """Checkpoint atomically: a crash mid-save leaves the previous checkpoint intact."""
@@ -165,13 +173,16 @@ class Trainer:
         cond = cond.to(self.device)
         cond_input = None if cond_input is None else cond_input.to(self.device)
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step, s)
+            group["lr"] = lr_at(self.step, s, self.lr_horizon)
         autocast = torch.autocast("cuda", torch.bfloat16, enabled=s.amp and self.device.type == "cuda")
         part = (self.rank, self.world) if self.world > 1 else None
         with autocast:
             loss = self._loss(x0, cond, cond_input, part)
         self.opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        finite = torch.isfinite(loss.detach()).float()
+        if self.world > 1:  # every process skips, or none does: they must stay in step
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not bool(finite):
             self.bad_steps += 1
             warnings.warn(f"step {self.step}: non-finite loss skipped ({self.bad_steps} in a row)", stacklevel=2)
             if self.bad_steps >= s.max_bad_steps:
@@ -208,11 +219,13 @@ class Trainer:
         state_path = self.out / STATE_FILE
         if resume and state_path.exists():
             self.load_state(state_path)
-        elif state_path.exists() and self.rank == 0:
+        elif state_path.exists():
             raise TrainingError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         if self.rank == 0:
             (self.out / "recipe.json").write_text(self.recipe.model_dump_json(indent=2))
         writer = _tensorboard(self.out) if self.rank == 0 else None
+        if self.rank == 0:
+            _truncate_log(self.out / "log.csv", self.step)
         log = (self.out / "log.csv").open("a") if self.rank == 0 else None
         if log is not None and log.tell() == 0:
             log.write("step,loss,lr,seconds\n")
@@ -245,6 +258,16 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return losses
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows past ``step`` (written after the checkpoint a resumed run starts from)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines[1:] if line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines[:1] + kept) + "\n")
 
 
 def _comparable(recipe: dict[str, Any]) -> dict[str, Any]:

@@ -158,6 +158,8 @@ class WorldPointsData(PointCloudData):
         self.stage = stage
         self.image_prob = config.image_prob
         tensors, meta = load_tensors(config.embeddings)
+        if meta.get("cdm3d.kind") != "embeddings" or "text" not in tensors or "null_text" not in tensors:
+            raise InputError(f"{config.embeddings} is not a cdm3d embeddings file (make one with tools/embed_world.py)")
         if meta.get("split") != config.split:
             raise InputError(f"embeddings {config.embeddings} are of split {meta.get('split')!r}, not {config.split!r}")
         self.text = tensors["text"]
