@@ -2,7 +2,7 @@
 
     bash tools/env.sh python tools/assemble_cascade.py --clip runs/clip_small/clip.safetensors \
         --stage coarse=runs/points_coarse/stage.safetensors --stage upsample=runs/points_upsample/stage.safetensors \
-        --out cdm3d/weights/default --overwrite
+        --stage mesh=configs/stages/mesh_poisson.yaml --out cdm3d/weights/default --overwrite
 """
 
 from __future__ import annotations
@@ -15,11 +15,17 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, required=True)
-    parser.add_argument("--stage", action="append", required=True, metavar="NAME=WEIGHTS")
+    parser.add_argument(
+        "--stage",
+        action="append",
+        required=True,
+        metavar="NAME=FILE",
+        help="a stage weights file (.safetensors) or, for stages without weights, a stage config (.yaml)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    from cdm3d.core import Cascade, ClipEncoder, load_stage
+    from cdm3d.core import Cascade, ClipEncoder, build_stage, load_stage, load_yaml
     from cdm3d.errors import Cdm3dError
     from cdm3d.stages import load_builtin
 
@@ -30,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
             name, sep, path = item.partition("=")
             if not sep:
                 raise Cdm3dError(f"--stage {item!r} must look like name=path")
-            stages.append((name, load_stage(path)))
+            if path.endswith((".yaml", ".yml")):
+                stages.append((name, build_stage(load_yaml(path), f"config {path}")))
+            else:
+                stages.append((name, load_stage(path)))
         cascade = Cascade(stages, clip=ClipEncoder.load(args.clip))
         cascade.save_pretrained(args.out, overwrite=args.overwrite)
     except Cdm3dError as err:

@@ -7,4 +7,5 @@ installed, such as a copied working tree on a training machine).
 
 
 def load_builtin() -> None:
+    import cdm3d.stages.mesh
     import cdm3d.stages.points  # noqa: F401

@@ -1,5 +1,6 @@
 """The plain data types stages exchange, each able to save itself."""
 
+from cdm3d.types.meshes import Meshes
 from cdm3d.types.points import PointClouds
 
-__all__ = ["PointClouds"]
+__all__ = ["Meshes", "PointClouds"]
