@@ -11,7 +11,7 @@ import torch
 
 from cdm3d.core.checkpoint import atomic_path
 from cdm3d.errors import InputError
-from cdm3d.types.points import check_writable
+from cdm3d.types.points import check_writable, save_batch
 
 MESH_FORMATS = (".glb", ".obj", ".ply")
 
@@ -72,10 +72,5 @@ class Meshes:
     def save_all(
         self, directory: str | Path, stem: str, force: bool = False, formats: tuple[str, ...] = (".glb", ".ply")
     ) -> list[Path]:
-        directory = Path(directory)
-        paths = [directory / f"{stem}_{i}{fmt}" for i in range(len(self)) for fmt in formats]
-        for p in paths:
-            check_writable(p, force)
-        for p, (i, _fmt) in zip(paths, [(i, f) for i in range(len(self)) for f in formats]):
-            self.save(p, i, force=force)
-        return paths
+        """Every mesh of the batch as ``{stem}_{i}{format}`` in ``directory``."""
+        return save_batch(self, directory, stem, force, formats)

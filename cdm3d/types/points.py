@@ -139,11 +139,16 @@ class PointClouds:
         self, directory: str | Path, stem: str, force: bool = False, formats: tuple[str, ...] = (".ply", ".npz")
     ) -> list[Path]:
         """Every cloud of the batch as ``{stem}_{i}{format}`` in ``directory``."""
-        directory = Path(directory)
-        paths = [directory / f"{stem}_{i}{fmt}" for i in range(len(self)) for fmt in formats]
-        for p in paths:  # check all before writing any
-            check_writable(p, force)
-        for i in range(len(self)):
-            for fmt in formats:
-                self.save(directory / f"{stem}_{i}{fmt}", i, force=force)
-        return paths
+        return save_batch(self, directory, stem, force, formats)
+
+
+def save_batch(outputs: Any, directory: str | Path, stem: str, force: bool, formats: tuple[str, ...]) -> list[Path]:
+    """Save each item of a batch output (anything with ``len`` and ``save(path, index, force)``) in each
+    format as ``{stem}_{i}{format}``; every path is checked before anything is written."""
+    directory = Path(directory)
+    jobs = [(directory / f"{stem}_{i}{fmt}", i) for i in range(len(outputs)) for fmt in formats]
+    for path, _ in jobs:
+        check_writable(path, force)
+    for path, i in jobs:
+        outputs.save(path, i, force=force)
+    return [path for path, _ in jobs]
