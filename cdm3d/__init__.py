@@ -19,6 +19,8 @@ from cdm3d.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
+    "TextTo3D": "cdm3d.pipelines",
+    "ImageTo3D": "cdm3d.pipelines",
     "Cascade": "cdm3d.core",
     "ClipEncoder": "cdm3d.core",
     "Conditioning": "cdm3d.core",
@@ -40,8 +42,10 @@ __all__ = [
     "ClipEncoder",
     "Conditioning",
     "ConfigError",
+    "ImageTo3D",
     "InputError",
     "SamplingError",
+    "TextTo3D",
     "UnavailableError",
     "__version__",
 ]

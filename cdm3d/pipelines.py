@@ -1,0 +1,155 @@
+"""The user-facing API: ``TextTo3D`` and ``ImageTo3D`` over a cascade folder.
+
+from cdm3d import TextTo3D
+pipe = TextTo3D.from_pretrained()          # the shipped default
+out = pipe("a tall red lamp", seed=0)
+out.mesh.save("lamp.glb")                  # also out.points, out.coarse_points, out["upsample"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cdm3d.core import Cascade, CascadeOutput, Conditioning, DiffusionStage
+from cdm3d.errors import InputError
+
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
+
+
+class Result:
+    """Every stage's output of one call, with names for the usual ones."""
+
+    def __init__(self, output: CascadeOutput) -> None:
+        self.output = output
+
+    def __getitem__(self, stage: str) -> Any:
+        return self.output[stage]
+
+    def _last(self, kind: str) -> Any:
+        found = [v for v in self.output.outputs.values() if type(v).__name__ == kind]
+        if not found:
+            raise InputError(f"this run produced no {kind} (stages run: {list(self.output.outputs)})")
+        return found[-1]
+
+    @property
+    def mesh(self) -> Any:
+        """The final ``Meshes``."""
+        return self._last("Meshes")
+
+    @property
+    def points(self) -> Any:
+        """The densest ``PointClouds``."""
+        return self._last("PointClouds")
+
+    @property
+    def coarse_points(self) -> Any:
+        return next(v for v in self.output.outputs.values() if type(v).__name__ == "PointClouds")
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.output.timings
+
+
+class _Pipeline:
+    def __init__(self, cascade: Cascade) -> None:
+        if cascade.clip is None:
+            raise InputError("this cascade folder names no CLIP; a pipeline needs one to encode its inputs")
+        self.cascade = cascade
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu") -> _Pipeline:
+        from cdm3d.stages import load_builtin
+
+        load_builtin()
+        return cls(Cascade.from_pretrained(path or DEFAULT_MODEL).to(device))
+
+    def _run(
+        self,
+        cond: Conditioning,
+        seed: int,
+        steps: int | None,
+        guidance: float | None,
+        stop_at: str | None,
+        device: str | None,
+        progress: bool,
+    ) -> Result:
+        settings: dict[str, Any] = {}
+        if steps is not None:
+            settings["steps"] = steps
+        if guidance is not None:
+            settings["guidance_scale"] = guidance
+        diffusion = [n for n, s in self.cascade.stages.items() if isinstance(s, DiffusionStage)]
+        sampling = {n: dict(settings) for n in diffusion} if settings else None
+        out = self.cascade.run(cond, seed=seed, stop_at=stop_at, sampling=sampling, device=device, progress=progress)
+        return Result(out)
+
+
+class TextTo3D(_Pipeline):
+    """Prompts -> coarse points -> dense points -> mesh."""
+
+    def __call__(
+        self,
+        prompts: str | list[str],
+        *,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        stop_at: str | None = None,
+        device: str | None = None,
+        progress: bool = True,
+    ) -> Result:
+        return self._run(self.cascade.encode(prompts), seed, steps, guidance, stop_at, device, progress)
+
+
+def load_images(images: Any) -> torch.Tensor:
+    """``[B, 3, H, W]`` floats in [0, 1] from paths, PIL images or a tensor."""
+    if isinstance(images, torch.Tensor):
+        return images if images.ndim == 4 else images[None]
+    items = images if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise InputError("give at least one image")
+    from PIL import Image, UnidentifiedImageError
+
+    tensors = []
+    for item in items:
+        if isinstance(item, (str, Path)):
+            path = Path(item)
+            if not path.is_file():
+                raise InputError(f"image file not found: {path}")
+            try:
+                with Image.open(path) as im:
+                    item = im.convert("RGB")
+            except (UnidentifiedImageError, OSError) as err:
+                raise InputError(f"{path} cannot be read as an image ({err})") from None
+        if not isinstance(item, Image.Image):
+            raise InputError(f"images must be paths, PIL images or a tensor, got {type(item).__name__}")
+        rgb = item.convert("RGB")
+        data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
+        tensors.append(data.permute(2, 0, 1).float() / 255)
+    sizes = {t.shape for t in tensors}
+    if len(sizes) != 1:
+        size = max(max(t.shape[-2:]) for t in tensors)
+        tensors = [torch.nn.functional.interpolate(t[None], size=(size, size), mode="bilinear")[0] for t in tensors]
+    return torch.stack(tensors)
+
+
+class ImageTo3D(_Pipeline):
+    """Images (their CLIP embeddings) -> coarse points -> dense points -> mesh."""
+
+    def __call__(
+        self,
+        images: Any,
+        *,
+        prompts: str | list[str] | None = None,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        stop_at: str | None = None,
+        device: str | None = None,
+        progress: bool = True,
+    ) -> Result:
+        cond = self.cascade.encode(prompts, load_images(images))
+        return self._run(cond, seed, steps, guidance, stop_at, device, progress)
