@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from cdm3d.errors import Cdm3dError, InputError
-
-DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
+from cdm3d.paths import DEFAULT_MODEL
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -36,15 +35,6 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a cascade folder, the stage types and the schedulers")
     p.add_argument("--model", type=Path, default=None, help="a cascade folder to describe")
     p.set_defaults(func=_info)
-
-
-def _sampling_overrides(args: argparse.Namespace, names: list[str]) -> dict[str, dict]:
-    settings: dict[str, object] = {}
-    if args.steps is not None:
-        settings["steps"] = args.steps
-    if args.guidance is not None:
-        settings["guidance_scale"] = args.guidance
-    return {name: dict(settings) for name in names} if settings else {}
 
 
 def _check_device(name: str) -> str:
@@ -77,27 +67,24 @@ def _prepare_output_folder(out: Path, stems: list[str], count: int, force: bool)
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from cdm3d.core import Cascade, DiffusionStage
+    from cdm3d.core import Cascade
+    from cdm3d.pipelines import sampling_overrides
 
     if not args.prompts:
         raise InputError('give at least one prompt, e.g. cdm3d generate "a tall red lamp"')
     if not args.model.is_dir():
-        raise InputError(
-            f"no cascade folder at {args.model}"
-            + (" (no default weights are shipped in this version yet)" if args.model == DEFAULT_MODEL else "")
-        )
+        raise InputError(f"no cascade folder at {args.model}")
     from cdm3d.stages import load_builtin
 
     device = _check_device(args.device)
     load_builtin()
     cascade = Cascade.from_pretrained(args.model)
     _prepare_output_folder(args.out, cascade.names, len(args.prompts), args.force)
-    diffusion = [n for n, s in cascade.stages.items() if isinstance(s, DiffusionStage)]
     out = cascade(
         args.prompts,
         seed=args.seed,
         stop_at=args.stop_at,
-        sampling=_sampling_overrides(args, diffusion),
+        sampling=sampling_overrides(cascade, args.steps, args.guidance),
         device=device,
     )
     # Everything was checked before sampling; each file is written atomically.

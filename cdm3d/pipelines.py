@@ -15,8 +15,19 @@ import torch
 
 from cdm3d.core import Cascade, CascadeOutput, Conditioning, DiffusionStage
 from cdm3d.errors import InputError
+from cdm3d.paths import DEFAULT_MODEL
 
-DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
+
+def sampling_overrides(cascade: Cascade, steps: int | None, guidance: float | None) -> dict[str, dict[str, Any]]:
+    """The same steps / guidance scale for every diffusion stage (only the settings given)."""
+    settings: dict[str, Any] = {}
+    if steps is not None:
+        settings["steps"] = steps
+    if guidance is not None:
+        settings["guidance_scale"] = guidance
+    if not settings:
+        return {}
+    return {n: dict(settings) for n, s in cascade.stages.items() if isinstance(s, DiffusionStage)}
 
 
 class Result:
@@ -76,13 +87,7 @@ class _Pipeline:
         device: str | None,
         progress: bool,
     ) -> Result:
-        settings: dict[str, Any] = {}
-        if steps is not None:
-            settings["steps"] = steps
-        if guidance is not None:
-            settings["guidance_scale"] = guidance
-        diffusion = [n for n, s in self.cascade.stages.items() if isinstance(s, DiffusionStage)]
-        sampling = {n: dict(settings) for n in diffusion} if settings else None
+        sampling = sampling_overrides(self.cascade, steps, guidance)
         out = self.cascade.run(cond, seed=seed, stop_at=stop_at, sampling=sampling, device=device, progress=progress)
         return Result(out)
 

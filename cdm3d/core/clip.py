@@ -189,7 +189,9 @@ class ClipEncoder:
     @classmethod
     def default(cls) -> ClipEncoder:
         """The small CLIP shipped in cdm3d's default cascade folder."""
-        path = Path(__file__).resolve().parents[1] / "weights" / "default" / "clip.safetensors"
+        from cdm3d.paths import DEFAULT_MODEL
+
+        path = DEFAULT_MODEL / "clip.safetensors"
         if not path.is_file():
             raise UnavailableError(f"the shipped CLIP is missing ({path}); reinstall cdm3d or {_ALTERNATIVES}")
         return cls.load(path)

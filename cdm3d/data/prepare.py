@@ -110,15 +110,7 @@ def prepare_folder(
         else:
             jobs.append((path, caption_of[path.stem], options))
     report.captions_without_mesh = len(set(caption_of) - {p.stem for p, _, _ in jobs})
-    buffer: list[Record] = []
-
-    def flush() -> None:
-        if buffer:
-            name = f"shard-{len(report.shards):05d}.npz"
-            write_shard(out / name, buffer)
-            report.shards.append(name)
-            report.written += len(buffer)
-            buffer.clear()
+    writer = _ShardWriter(out, report, shard_size)
 
     ctx = mp.get_context("spawn")
     with ctx.Pool(max(1, workers)) if workers > 1 else _Serial() as pool:
@@ -127,12 +119,31 @@ def prepare_folder(
             if record is None:
                 report.skipped.append({"uid": uid, "reason": error})
                 continue
-            buffer.append(record)
-            if len(buffer) >= shard_size:
-                flush()
-    flush()
+            writer.add(record)
+    writer.flush()
     (out / "report.json").write_text(report.to_json())
     return report
+
+
+class _ShardWriter:
+    """Collects records and writes them ``shard_size`` at a time as shard-00000.npz, ... (counted in ``report``)."""
+
+    def __init__(self, out: Path, report: Report, shard_size: int) -> None:
+        self.out, self.report, self.shard_size = out, report, shard_size
+        self.buffer: list[Record] = []
+
+    def add(self, record: Record) -> None:
+        self.buffer.append(record)
+        if len(self.buffer) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            name = f"shard-{len(self.report.shards):05d}.npz"
+            write_shard(self.out / name, self.buffer)
+            self.report.shards.append(name)
+            self.report.written += len(self.buffer)
+            self.buffer = []
 
 
 class _Serial:
@@ -163,7 +174,8 @@ def prepare_world(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    world, report, buffer = World(split), Report(), []
+    world, report = World(split), Report()
+    writer = _ShardWriter(out, report, shard_size)
     for i in tqdm(range(count), desc=f"world {split}", disable=not progress):
         obj = world[i]
         xyz, rgb = obj.points(options.points)
@@ -171,12 +183,7 @@ def prepare_world(
         if options.sdf_samples:
             sdf_q, sdf = obj.sdf_samples(options.sdf_samples)
         meta = {"category": obj.labels.category, "colors": list(obj.labels.colors), **obj.labels.attributes}
-        buffer.append(Record(f"{split}-{i:07d}", obj.caption, xyz, rgb, sdf_q, sdf, meta))
-        if len(buffer) >= shard_size or i == count - 1:
-            name = f"shard-{len(report.shards):05d}.npz"
-            write_shard(out / name, buffer)
-            report.shards.append(name)
-            report.written += len(buffer)
-            buffer = []
+        writer.add(Record(f"{split}-{i:07d}", obj.caption, xyz, rgb, sdf_q, sdf, meta))
+    writer.flush()
     (out / "report.json").write_text(report.to_json())
     return report

@@ -1,0 +1,5 @@
+"""Where cdm3d's shipped files live (no imports: the CLI reads this at start-up)."""
+
+from pathlib import Path
+
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
