@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from cdm3d.errors import Cdm3dError, InputError
+from cdm3d.errors import Cdm3dError, InputError, one_line
 from cdm3d.paths import DEFAULT_MODEL
 
 
@@ -72,6 +72,13 @@ def _generate(args: argparse.Namespace) -> int:
 
     if not args.prompts:
         raise InputError('give at least one prompt, e.g. cdm3d generate "a tall red lamp"')
+    from cdm3d.core.clip import check_prompts
+
+    check_prompts(args.prompts)  # before any model is loaded or any folder created
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps must be at least 1, got {args.steps}")
+    if args.guidance is not None and not 0 <= args.guidance < float("inf"):
+        raise InputError(f"--guidance must be a finite number >= 0, got {args.guidance}")
     if not args.model.is_dir():
         raise InputError(f"no cascade folder at {args.model}")
     from cdm3d.stages import load_builtin
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except Cdm3dError as err:
         if args.debug:
             raise
-        print(f"cdm3d: error: {err}", file=sys.stderr)
+        print(one_line("cdm3d", err), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cdm3d: interrupted", file=sys.stderr)

@@ -27,9 +27,18 @@ class UnavailableError(Cdm3dError):
     """Something needed (pretrained weights, an optional library) is not available here."""
 
 
+class StorageError(InputError, OSError):
+    """A file could not be written (missing or unwritable folder, full disk); nothing half-written remains."""
+
+
 class SamplingError(Cdm3dError):
     """Sampling produced non-finite values (names the stage and the step)."""
 
 
 class TrainingError(Cdm3dError):
     """Training cannot go on (repeated non-finite losses, a bad resume state)."""
+
+
+def one_line(prog: str, err: BaseException) -> str:
+    """``prog: error: message`` on one line, as the command-line tools print a cdm3d error."""
+    return f"{prog}: error: {' '.join(str(err).split())}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cdm3d.core import Cascade, CascadeOutput, Conditioning, DiffusionStage
@@ -126,12 +127,16 @@ def load_images(images: Any) -> torch.Tensor:
                 raise InputError(f"image file not found: {path}")
             try:
                 with Image.open(path) as im:
-                    item = im.convert("RGB")
-            except (UnidentifiedImageError, OSError) as err:
-                raise InputError(f"{path} cannot be read as an image ({err})") from None
+                    item = _to_rgb(im)
+            except Image.DecompressionBombError:
+                raise InputError(
+                    f"{path} is too large to decode safely (more than {Image.MAX_IMAGE_PIXELS} pixels); resize it"
+                ) from None
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+                raise InputError(f"{path} cannot be read as an image ({type(err).__name__}: {err})") from None
         if not isinstance(item, Image.Image):
             raise InputError(f"images must be paths, PIL images or a tensor, got {type(item).__name__}")
-        rgb = item.convert("RGB")
+        rgb = _to_rgb(item)
         data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
         tensors.append(data.permute(2, 0, 1).float() / 255)
     sizes = {t.shape for t in tensors}
@@ -139,6 +144,23 @@ def load_images(images: Any) -> torch.Tensor:
         size = max(max(t.shape[-2:]) for t in tensors)
         tensors = [torch.nn.functional.interpolate(t[None], size=(size, size), mode="bilinear")[0] for t in tensors]
     return torch.stack(tensors)
+
+
+def _to_rgb(im: Any) -> Any:
+    """An 8-bit RGB copy of a PIL image of any mode: alpha over white, 16-bit and float scaled."""
+    from PIL import Image
+
+    im.load()  # decode now, so truncated files fail here
+    if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grey: scale to 8 bits, do not clip
+        arr = np.asarray(im, np.float64)
+        peak = float(arr.max())
+        full = {True: 65535.0 if peak > 255 else 255.0, False: 1.0 if peak <= 1 else 255.0}[im.mode.startswith("I")]
+        im = Image.fromarray(np.clip(arr / full * 255, 0, 255).round().astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 class ImageTo3D(_Pipeline):

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     from cdm3d.core import Cascade, ClipEncoder, build_stage, load_stage, load_yaml
-    from cdm3d.errors import Cdm3dError
+    from cdm3d.errors import Cdm3dError, one_line
     from cdm3d.stages import load_builtin
 
     try:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         cascade = Cascade(stages, clip=ClipEncoder.load(args.clip))
         cascade.save_pretrained(args.out, overwrite=args.overwrite)
     except Cdm3dError as err:
-        print(f"assemble_cascade: error: {err}", file=sys.stderr)
+        print(one_line("assemble_cascade", err), file=sys.stderr)
         return 2
     print(f"wrote {args.out}")
     return 0

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     from cdm3d.core import ClipEncoder
-    from cdm3d.errors import Cdm3dError
+    from cdm3d.errors import Cdm3dError, one_line
     from cdm3d.training.data.points import build_world_embeddings
 
     try:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         clip = ClipEncoder.load(args.clip)
         build_world_embeddings(clip, args.split, args.objects, args.out, args.text_variants, args.image_views)
     except Cdm3dError as err:
-        print(f"embed_world: error: {err}", file=sys.stderr)
+        print(one_line("embed_world", err), file=sys.stderr)
         return 2
     print(f"wrote {args.out}")
     return 0

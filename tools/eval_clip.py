@@ -19,13 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     from cdm3d.core import ClipEncoder
-    from cdm3d.errors import Cdm3dError
+    from cdm3d.errors import Cdm3dError, one_line
     from cdm3d.eval.clip_eval import evaluate_clip
 
     try:
         report = evaluate_clip(ClipEncoder.load(args.clip), args.objects)
     except Cdm3dError as err:
-        print(f"eval_clip: error: {err}", file=sys.stderr)
+        print(one_line("eval_clip", err), file=sys.stderr)
         return 2
     report["weights"] = str(args.clip)
     args.out.parent.mkdir(parents=True, exist_ok=True)

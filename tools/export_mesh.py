@@ -9,6 +9,7 @@ Refuses to overwrite files without --force; a bad input is a one-line error and 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    from cdm3d.errors import Cdm3dError, InputError
+    from cdm3d.core.clip import check_prompts
+    from cdm3d.errors import Cdm3dError, InputError, one_line
 
     try:
         bad = [f for f in args.formats if f not in MESH_FORMATS] + [
@@ -51,9 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         stems = [_slug(label, i) for i, label in enumerate(labels)]
         suffixes = [f".{f}" for f in args.formats] + [f".points.{f}" for f in args.point_formats] + [".png"]
         suffixes += [".gif"] if args.gif else []
+        if args.prompts:
+            check_prompts(args.prompts)  # before anything is created
         if not args.out.parent.exists():
             raise InputError(f"cannot write into {args.out}: {args.out.parent} does not exist")
-        args.out.mkdir(exist_ok=True)
+        try:
+            args.out.mkdir(exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create the output folder {args.out}: {err.strerror or err}") from None
+        if not args.out.is_dir() or not os.access(args.out, os.W_OK):
+            raise InputError(f"cannot write into {args.out}: not a writable folder")
         planned = [args.out / f"{stem}{suffix}" for stem in stems for suffix in suffixes]
         existing = [p for p in planned if p.exists()]
         if existing and not args.force:
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except Cdm3dError as err:
         if args.debug:
             raise
-        print(f"export_mesh: error: {err}", file=sys.stderr)
+        print(one_line("export_mesh", err), file=sys.stderr)
         return 2
     return 0
 

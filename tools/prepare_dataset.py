@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdm3d.errors import Cdm3dError
+from cdm3d.errors import Cdm3dError, one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report = prepare_world(args.world, args.count, args.out, options, args.shard_size)
     except Cdm3dError as err:
-        print(f"prepare_dataset: error: {err}", file=sys.stderr)
+        print(one_line("prepare_dataset", err), file=sys.stderr)
         return 2
     print(f"wrote {report.written} objects in {len(report.shards)} shards to {args.out}; skipped {len(report.skipped)}")
     for item in report.skipped[:20]:

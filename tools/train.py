@@ -28,9 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds"
     )
+    parser.add_argument(
+        "--stop-at-step",
+        type=int,
+        default=None,
+        help="stop (with a checkpoint) after this step; the schedule still "
+        "follows train.steps, so a later --resume continues the same run",
+    )
     args = parser.parse_args(argv)
 
-    from cdm3d.errors import Cdm3dError
+    from cdm3d.errors import Cdm3dError, one_line
 
     try:
         import cdm3d.training.data.points  # noqa: F401  (registers the data source)
@@ -57,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if losses and trainer.rank == 0:
             print(f"step {trainer.step}: last loss {losses[-1]:.4f}; weights in {args.out / 'stage.safetensors'}")
     except Cdm3dError as err:
-        print(f"train: error: {err}", file=sys.stderr)
+        print(one_line("train", err), file=sys.stderr)
         return 2
     return 0
 

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from cdm3d.errors import Cdm3dError
+from cdm3d.errors import Cdm3dError, one_line
 
 
 def main() -> int:
@@ -36,7 +36,7 @@ def main() -> int:
         args.eval_json.write_text(json.dumps(report, indent=2))
         print(json.dumps({k: v for k, v in report.items() if k != "per_category"}, indent=2))
     except Cdm3dError as err:
-        print(f"train_clip: error: {err}", file=sys.stderr)
+        print(one_line("train_clip", err), file=sys.stderr)
         return 2
     return 0
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from cdm3d.errors import CheckpointError, InputError
+from cdm3d.errors import CheckpointError, StorageError
 
 FORMAT_VERSION = "1"
 _PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
@@ -31,14 +31,22 @@ _PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` on success only."""
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success only.
+
+    A failure while writing (a full disk, a killed process) never leaves a partial
+    file under ``path``: whatever was there before stays as it was. An ``OSError``
+    becomes a :class:`StorageError` naming the file.
+    """
     path = Path(path)
     parent = path.parent
     if not parent.is_dir():
-        raise InputError(f"cannot write {path}: folder {parent} does not exist")
+        raise StorageError(f"cannot write {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot write {path}: folder {parent} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        raise StorageError(f"cannot write {path}: folder {parent} is not writable")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise StorageError(f"cannot write {path}: {err.strerror or err}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -51,6 +59,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:  # on disk before it takes the final name
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except OSError as err:
+        if isinstance(err, StorageError):
+            raise
+        raise StorageError(
+            f"cannot write {path}: {err.strerror or err}; nothing was written (any previous file is intact)"
+        ) from err
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -40,18 +40,30 @@ def check_prompts(prompts: Any) -> list[str]:
     """Validated prompts: a non-empty list of non-empty, printable strings."""
     if isinstance(prompts, str):
         prompts = [prompts]
+    if isinstance(prompts, (bytes, bytearray)):
+        raise InputError("prompts are bytes, not a string; decode them first (e.g. p.decode('utf-8'))")
     if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise InputError(f"prompts must be a string or a non-empty list of strings, got {type(prompts).__name__}")
+        got = "an empty list" if isinstance(prompts, (list, tuple)) else type(prompts).__name__
+        raise InputError(f"prompts must be a string or a non-empty list of strings, got {got}")
     out = []
     for i, p in enumerate(prompts):
+        if isinstance(p, (bytes, bytearray)):
+            raise InputError(f"prompt {i} is bytes, not a string; decode it first (e.g. p.decode('utf-8'))")
         if not isinstance(p, str):
             raise InputError(f"prompt {i} must be a string, got {type(p).__name__}")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"prompt {i} is not valid UTF-8 text (it holds lone surrogates, as from undecodable bytes); "
+                "decode the input with errors='replace' or fix its encoding"
+            ) from None
         if any(unicodedata.category(ch) == "Cc" and ch not in "\t\n" for ch in p):
             raise InputError(f"prompt {i} contains control characters; remove them")
         if not p.strip():
             raise InputError(f"prompt {i} is empty; describe the object to generate")
         if len(p) > MAX_PROMPT_CHARS:
-            raise InputError(f"prompt {i} has {len(p)} characters; at most {MAX_PROMPT_CHARS} are accepted")
+            raise InputError(f"prompt {i} has {len(p)} characters; at most {MAX_PROMPT_CHARS} are accepted: shorten it")
         out.append(" ".join(p.split()))
     return out
 

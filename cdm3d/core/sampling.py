@@ -36,24 +36,40 @@ def sample_loop(
         scheduler: a diffusers scheduler with ``set_timesteps`` already called.
         generator: for stochastic schedulers (DDPM, ancestral, SDE).
         callback: called as ``callback(step, total)`` after each step.
-        check_finite: raise :class:`SamplingError` naming the step at the first
-            non-finite value (one host sync per step).
+        check_finite: raise :class:`SamplingError` naming the step of the first
+            non-finite value (on the CPU at once; on a GPU after the loop, without a
+            host sync per step).
         what: the name used in errors ("stage 'coarse'").
     """
     step_kwargs = {"generator": generator} if step_accepts_generator(scheduler) else {}
     x = noise * scheduler.init_noise_sigma
     timesteps = scheduler.timesteps
     total = len(timesteps)
+    # On the CPU the check stops at the first bad step. On an accelerator it keeps the first bad
+    # step on the device and reads it once after the loop: no host synchronisation per step.
+    eager = x.device.type == "cpu"
+    first_bad = torch.zeros((), dtype=torch.long, device=x.device)
     for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(x, t)
         t_batch = t.to(x.device, torch.float32).expand(x.shape[0])
         pred = model_fn(x_in, t_batch)
         x = scheduler.step(pred, t, x, return_dict=False, **step_kwargs)[0]
-        if check_finite and not torch.isfinite(x).all():
-            raise SamplingError(
-                f"{what}: non-finite values at step {i + 1}/{total} (timestep {float(t):.1f}); "
-                "lower the guidance scale, try another scheduler, or check the weights"
-            )
+        if check_finite:
+            if eager:
+                if not torch.isfinite(x).all():
+                    raise _non_finite(what, i + 1, timesteps)
+            else:
+                bad = ~torch.isfinite(x).all()
+                first_bad = torch.where(bad & (first_bad == 0), i + 1, first_bad)
         if callback is not None:
             callback(i + 1, total)
+    if check_finite and not eager and int(first_bad):
+        raise _non_finite(what, int(first_bad), timesteps)
     return x
+
+
+def _non_finite(what: str, step: int, timesteps: torch.Tensor) -> SamplingError:
+    return SamplingError(
+        f"{what}: non-finite values at step {step}/{len(timesteps)} (timestep {float(timesteps[step - 1]):.1f}); "
+        "lower the guidance scale, try another scheduler, or check the weights"
+    )

@@ -99,7 +99,7 @@ class SamplingConfig(StrictConfig):
 
     scheduler: SchedulerName = "ddim"
     steps: int = Field(32, ge=1, le=1000)
-    guidance_scale: float = 3.0
+    guidance_scale: float = Field(3.0, ge=0.0, allow_inf_nan=False)
     # Conditioning augmentation level at sampling time, in [0, 1].
     aug_level: float = Field(0.0, ge=0.0, le=1.0)
     check_finite: bool = True

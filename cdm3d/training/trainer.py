@@ -155,9 +155,17 @@ class Trainer:
         if self.rank != 0:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.out / STATE_FILE) as tmp:
-            torch.save(self.state_dict(), tmp)
-        save_stage(self.ema, self.out / WEIGHTS_FILE)
+        try:
+            with atomic_path(self.out / STATE_FILE) as tmp:
+                torch.save(self.state_dict(), tmp)
+            save_stage(self.ema, self.out / WEIGHTS_FILE)
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+            if isinstance(err, RuntimeError) and "write" not in str(err).lower() and "file" not in str(err).lower():
+                raise
+            raise TrainingError(
+                f"could not save the checkpoint of step {self.step} in {self.out} ({err}); the previous "
+                "checkpoint is intact: free space (or fix the folder) and continue with --resume"
+            ) from err
 
     # -- loop -------------------------------------------------------------------------------
     def _update_ema(self) -> None:
@@ -257,7 +265,23 @@ class Trainer:
                 log.close()
             if writer is not None:
                 writer.close()
+            self._write_data_report()
         return losses
+
+    def _write_data_report(self) -> None:
+        """``data_report.json``: the files the data source skipped (unreadable, non-finite), if it counts them."""
+        report = getattr(self.data, "report", None)
+        if report is None or self.rank != 0:
+            return
+        info = report()
+        with atomic_path(self.out / "data_report.json") as tmp:
+            tmp.write_text(json.dumps(info, indent=2))
+        if info.get("shards_skipped") or info.get("records_skipped"):
+            warnings.warn(
+                f"data: skipped {info.get('shards_skipped', 0)} unreadable files and {info.get('records_skipped', 0)} "
+                f"records with non-finite points; see {self.out / 'data_report.json'}",
+                stacklevel=2,
+            )
 
 
 def _truncate_log(path: Path, step: int) -> None:

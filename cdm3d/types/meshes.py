@@ -59,10 +59,14 @@ class Meshes:
         if suffix not in MESH_FORMATS:
             raise InputError(f"unknown mesh format {suffix!r}; use one of {', '.join(MESH_FORMATS)}")
         check_writable(path, force)
+        if not -len(self) <= index < len(self):
+            raise InputError(f"index {index} is out of range for a batch of {len(self)}")
         data = self.to_trimesh(index).export(file_type=suffix[1:])
         with atomic_path(path) as tmp:
             tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
         return path
+
+    export = save  # the name trimesh users expect: ``out.mesh.export("lamp.glb")``
 
     def preview(self, index: int = 0, size: int = 256, camera: Any = None) -> torch.Tensor:
         from cdm3d.render import Camera, render_mesh

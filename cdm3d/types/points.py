@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from cdm3d.core.checkpoint import atomic_path
-from cdm3d.errors import InputError
+from cdm3d.errors import InputError, StorageError
 
 POINT_FORMATS = (".ply", ".npz")
 
@@ -18,7 +19,11 @@ POINT_FORMATS = (".ply", ".npz")
 def check_writable(path: Path, force: bool) -> None:
     """Refuse to write into a missing folder, or over an existing file without ``force``."""
     if not path.parent.is_dir():
-        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+        raise StorageError(f"cannot write {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise StorageError(f"cannot write {path}: folder {path.parent} is not writable")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder; give a file name")
     if path.exists() and not force:
         raise InputError(f"{path} exists; pass force=True (--force) to overwrite it")
 
@@ -83,6 +88,8 @@ class PointClouds:
         if suffix not in POINT_FORMATS:
             raise InputError(f"unknown point-cloud format {suffix!r}; use one of {', '.join(POINT_FORMATS)}")
         check_writable(path, force)
+        if not -len(self) <= index < len(self):
+            raise InputError(f"index {index} is out of range for a batch of {len(self)}")
         xyz = self.coords[index].detach().cpu().numpy().astype(np.float32)
         rgb = self.colors[index].detach().cpu().numpy().astype(np.float32)
         with atomic_path(path) as tmp:
@@ -96,6 +103,8 @@ class PointClouds:
                 cloud = trimesh.PointCloud(xyz, colors=(rgba * 255).round().astype(np.uint8))
                 tmp.write_bytes(cloud.export(file_type="ply"))
         return path
+
+    export = save  # the name trimesh users expect: ``out.mesh.export("lamp.glb")``
 
     @classmethod
     def load(cls, path: str | Path) -> PointClouds:
