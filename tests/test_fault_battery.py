@@ -387,3 +387,24 @@ def test_training_errors_for_a_bad_resume_state(tmp_path) -> None:
     bad.write_bytes(b"\x80\x04 truncated")
     with pytest.raises(TrainingError, match="unreadable"):
         trainer.load_state(bad)
+
+
+def test_non_manifold_meshes_are_refused_where_a_closed_surface_is_needed(tmp_path, capsys) -> None:
+    import prepare_dataset
+    import trimesh
+
+    box = trimesh.creation.box()
+    open_box = trimesh.Trimesh(box.vertices, box.faces[:-2], process=False)  # one side missing
+    assert not open_box.is_watertight
+    (tmp_path / "meshes").mkdir()
+    open_box.export(tmp_path / "meshes" / "open.obj")
+    (tmp_path / "captions.csv").write_text("uid,caption\nopen,an open box\n")
+    argv = ["--meshes", str(tmp_path / "meshes"), "--captions", str(tmp_path / "captions.csv")]
+    argv += ["--out", str(tmp_path / "shards"), "--points", "64", "--sdf", "64", "--workers", "1"]
+    assert prepare_dataset.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "open.obj: not watertight" in out
+    assert err.strip().splitlines()[-1] == "prepare_dataset: error: nothing usable was found"  # after the progress bar
+    assert not list((tmp_path / "shards").glob("shard-*"))
+    # Without SDF samples the same mesh is fine: surface points need no closed surface.
+    assert prepare_dataset.main([*argv[:-4], "--workers", "1", "--out", str(tmp_path / "shards2")]) == 0
