@@ -1,4 +1,4 @@
-"""The ``cdm3d`` command line: ``cdm3d generate | info``.
+"""The ``cdm3d`` command line: ``cdm3d generate | info | bench``.
 
 Heavy libraries load only inside the subcommand that needs them, so ``cdm3d
 --help`` answers at once. A cdm3d error prints one line and exits non-zero;
@@ -35,6 +35,69 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a cascade folder, the stage types and the schedulers")
     p.add_argument("--model", type=Path, default=None, help="a cascade folder to describe")
     p.set_defaults(func=_info)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time the point stages: latency, throughput, memory, TFLOP/s (JSON)")
+    p.add_argument(
+        "--geometry",
+        nargs="+",
+        default=["tiny"],
+        help="tiny, pointe (random weights) or cascade folders (default: tiny)",
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--scheduler", default=None, help="override every stage's solver")
+    p.add_argument("--steps", type=int, default=None, help="override every stage's step count")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoisers")
+    p.add_argument("--no-autocast", action="store_true", help="fp32 on CUDA (bf16 autocast is the default)")
+    p.add_argument("--compare", action="store_true", help="also time fp32 eager vs these settings, same process")
+    p.add_argument("--out", type=Path, default=None, help="JSON file to write (default: print only)")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from cdm3d.core.checkpoint import atomic_path
+    from cdm3d.eval.bench import bench, compare_settings
+    from cdm3d.stages import load_builtin
+
+    device = _check_device(args.device)
+    if any(b < 1 for b in args.batches) or args.repeats < 1:
+        raise InputError("--batches and --repeats must be positive")
+    if args.out is not None and not args.out.parent.is_dir():
+        raise InputError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+    load_builtin()
+    settings: dict = {"compile": args.compile, "autocast": not args.no_autocast}
+    if args.scheduler:
+        settings["scheduler"] = args.scheduler
+    if args.steps:
+        settings["steps"] = args.steps
+    results = []
+    for geometry in args.geometry:
+        sampling = {"coarse": dict(settings), "upsample": dict(settings)}
+        if Path(geometry).is_dir():
+            from cdm3d.eval.bench import point_cascade
+
+            names = list(point_cascade(geometry, "cpu").stages)
+            sampling = {n: dict(settings) for n in names}
+        result = bench(geometry, device, tuple(args.batches), args.repeats, sampling)
+        if args.compare:
+            base = {k: v for k, v in settings.items() if k not in ("compile", "autocast")}
+            result["compare"] = compare_settings(
+                geometry, device, {**base, "compile": False, "autocast": False}, settings, args.repeats
+            )
+        print(json.dumps(result))
+        results.append(result)
+    if args.out is not None:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps({"torch_threads": torch.get_num_threads(), "results": results}, indent=2))
+        print(args.out)
+    return 0
 
 
 def _check_device(name: str) -> str:
@@ -133,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(sub)
     _add_info(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -52,7 +52,7 @@ def sample_loop(
     for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(x, t)
         t_batch = t.to(x.device, torch.float32).expand(x.shape[0])
-        pred = model_fn(x_in, t_batch)
+        pred = model_fn(x_in, t_batch).to(x.dtype)  # a bf16 (autocast) prediction meets an fp32 solver
         x = scheduler.step(pred, t, x, return_dict=False, **step_kwargs)[0]
         if check_finite:
             if eager:

@@ -103,6 +103,10 @@ class SamplingConfig(StrictConfig):
     # Conditioning augmentation level at sampling time, in [0, 1].
     aug_level: float = Field(0.0, ge=0.0, le=1.0)
     check_finite: bool = True
+    # bf16 autocast of the denoiser on CUDA (ignored on the CPU); the solver's state stays fp32.
+    autocast: bool = True
+    # torch.compile the denoiser (compiled once per stage and reused; pays off for long or repeated runs).
+    compile: bool = False
 
 
 class DiffusionConfig(StrictConfig):
@@ -243,22 +247,32 @@ class DiffusionStage(Stage):
         scheduler = self._scheduler_for(s)
         # Noise is drawn on the CPU so a seed gives the same sample on any device.
         noise = torch.randn((batch, *self.sample_shape()), generator=generator).to(self.device)
-        model_fn = guided(self.net, emb, null_emb, s.guidance_scale, (c, level))
+        net = self._compiled_net() if s.compile else self.net
+        model_fn = guided(net, emb, null_emb, s.guidance_scale, (c, level))
+        use_bf16 = s.autocast and self.device.type == "cuda"
         was_training = self.training
         self.eval()
         try:
-            x = sample_loop(
-                model_fn,
-                noise,
-                scheduler,
-                generator=generator,
-                callback=callback,
-                check_finite=s.check_finite,
-                what=f"stage '{self.name}'",
-            )
+            with torch.autocast("cuda", torch.bfloat16, enabled=use_bf16):
+                x = sample_loop(
+                    model_fn,
+                    noise,
+                    scheduler,
+                    generator=generator,
+                    callback=callback,
+                    check_finite=s.check_finite,
+                    what=f"stage '{self.name}'",
+                )
         finally:
             self.train(was_training)
         return self.to_output(x, prev)
+
+    def _compiled_net(self) -> Any:
+        compiled = self.__dict__.get("_compiled")  # kept out of the module tree and the state dict
+        if compiled is None:
+            compiled = torch.compile(self.net, dynamic=False)
+            self.__dict__["_compiled"] = compiled
+        return compiled
 
     # -- training ---------------------------------------------------------------------
     def loss(

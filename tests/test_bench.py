@@ -1,0 +1,32 @@
+"""``cdm3d bench``: the sampling benchmark runs on the CPU with a tiny geometry and writes every figure."""
+
+from __future__ import annotations
+
+import json
+
+from cdm3d.cli import main
+
+
+def test_bench_writes_latency_throughput_and_flops(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--geometry", "tiny", "--batches", "1", "2", "--repeats", "1", "--compare", "--out", str(out)]
+    assert main(argv) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    assert set(result["latency_batch1_s"]) == {"coarse", "upsample", "end_to_end"}
+    assert all(v > 0 for v in result["latency_batch1_s"].values())
+    assert set(result["throughput"]) == {"1", "2"} and result["throughput"]["2"]["samples_per_s"] > 0
+    assert result["compare"]["speedup"] > 0
+    # FLOPs of the guided coarse forward (batch 2 x 2 for guidance): matmuls 24 w^2 per token and layer,
+    # attention 4 n^2 w per layer, plus the small input/output/CLIP projections.
+    w, layers, n, batch = 64, 2, 256 + 3, 4
+    expected = batch * layers * (24 * w * w * n + 4 * n * n * w)
+    assert abs(result["denoiser"]["coarse"]["GFLOP_per_forward"] * 1e9 / expected - 1) < 0.05
+    assert result["denoiser"]["coarse"]["fraction_of_dense_bf16_peak"] is None  # no peak on a CPU
+
+
+def test_bench_bad_arguments(tmp_path, capsys) -> None:
+    assert main(["bench", "--geometry", "huge"]) == 2
+    assert "unknown geometry 'huge'" in capsys.readouterr().err
+    assert main(["bench", "--batches", "0"]) == 2
+    assert main(["bench", "--out", str(tmp_path / "no" / "b.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
