@@ -112,6 +112,13 @@ def _cases(pipe: TextTo3D, d: Path, tmp: Path) -> list[tuple[str, Callable[[], o
     def weights_into_coarse(path):
         return lambda: load_stage(path, expected_type="points.coarse")
 
+    def huge_image():
+        from PIL import Image
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 64x64 test image is then a "bomb"
+            return image_pipe(d / "good.png", steps=1, stop_at="coarse", progress=False)
+
     def huge_mesh():
         import cdm3d.data.meshes as meshes
 
@@ -171,6 +178,7 @@ def _cases(pipe: TextTo3D, d: Path, tmp: Path) -> list[tuple[str, Callable[[], o
         ("integer image tensor", image_run(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)), InputError, "floating"),
         ("NaN image tensor", image_run(torch.full((1, 3, 64, 64), float("nan"))), InputError, "NaN"),
         ("image of a wrong type", image_run([3.5]), InputError, "must be paths"),
+        ("decompression bomb", huge_image, InputError, "too large to decode safely"),
         # -- meshes
         ("empty mesh file", lambda: load_mesh(d / "empty.obj"), InputError, "empty"),
         ("mesh without faces", lambda: load_mesh(d / "no_faces.obj"), InputError, "no faces"),
@@ -408,3 +416,21 @@ def test_non_manifold_meshes_are_refused_where_a_closed_surface_is_needed(tmp_pa
     assert not list((tmp_path / "shards").glob("shard-*"))
     # Without SDF samples the same mesh is fine: surface points need no closed surface.
     assert prepare_dataset.main([*argv[:-4], "--workers", "1", "--out", str(tmp_path / "shards2")]) == 0
+
+
+def test_images_of_other_modes_are_converted_not_misread(tmp_path) -> None:
+    from PIL import Image
+
+    from cdm3d.pipelines import load_images
+
+    grey16 = Image.fromarray(np.full((16, 16), 32768, np.uint16))  # mid grey in 16 bits
+    grey16.save(tmp_path / "grey16.png")
+    rgba = Image.new("RGBA", (16, 16), (255, 0, 0, 0))  # fully transparent red: the white background shows
+    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # red
+    palette = Image.new("RGB", (16, 16), (0, 0, 255)).convert("P")
+    images = load_images([tmp_path / "grey16.png", rgba, cmyk, palette])
+    assert images.shape == (4, 3, 16, 16) and images.dtype == torch.float32
+    assert torch.allclose(images[0], torch.full_like(images[0], 128 / 255), atol=1 / 255)  # not clipped to white
+    assert torch.allclose(images[1], torch.ones_like(images[1]))
+    assert images[2, 0].mean() > 0.9 and images[2, 1:].mean() < 0.1
+    assert images[3, 2].mean() > 0.9 and images[3, :2].mean() < 0.1
