@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from cdm3d.errors import Cdm3dError, InputError, one_line
+from cdm3d.errors import ArgumentParser, Cdm3dError, InputError, one_line
 from cdm3d.paths import DEFAULT_MODEL
 
 
@@ -239,7 +239,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="cdm3d", description="Cascaded diffusion across modalities: text/image -> points -> mesh, and images."
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")

@@ -6,6 +6,9 @@ them as one line (no traceback unless ``--debug``).
 
 from __future__ import annotations
 
+import argparse
+from typing import NoReturn
+
 
 class Cdm3dError(Exception):
     """Base class of every error cdm3d raises on purpose."""
@@ -42,3 +45,10 @@ class TrainingError(Cdm3dError):
 def one_line(prog: str, err: BaseException) -> str:
     """``prog: error: message`` on one line, as the command-line tools print a cdm3d error."""
     return f"{prog}: error: {' '.join(str(err).split())}"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors are one line too: ``prog: error: ... (see --help)``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -133,7 +133,9 @@ def load_images(images: Any) -> torch.Tensor:
                     f"{path} is too large to decode safely (more than {Image.MAX_IMAGE_PIXELS} pixels); resize it"
                 ) from None
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-                raise InputError(f"{path} cannot be read as an image ({type(err).__name__}: {err})") from None
+                raise InputError(
+                    f"{path} cannot be read as an image ({type(err).__name__}: {err}); give a PNG or JPEG file"
+                ) from None
         if not isinstance(item, Image.Image):
             raise InputError(f"images must be paths, PIL images or a tensor, got {type(item).__name__}")
         rgb = _to_rgb(item)

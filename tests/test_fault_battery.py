@@ -76,6 +76,9 @@ def files(tmp_path) -> Path:
     (d / "cloud.npz").write_bytes(b"PK\x03\x04 not really a zip")
     (d / "bad.yaml").write_text("type: points.coarse\nnum_points: [1, 2\n")
     (d / "list.yaml").write_text("- a\n- b\n")
+    (d / "typed.yaml").write_text(
+        "stage: {type: points.coarse}\ndata: {type: world.points, embeddings: x}\ntrain: {steps: lots}\n"
+    )
     return d
 
 
@@ -251,6 +254,12 @@ def _cases(pipe: TextTo3D, d: Path, tmp: Path) -> list[tuple[str, Callable[[], o
             InputError,
             "at least one",
         ),
+        (
+            "NaN cloud saved",
+            lambda: PointClouds(torch.full((1, 4, 3), float("nan")), torch.zeros(1, 4, 3)).save(tmp / "nan.ply"),
+            InputError,
+            "refusing to write",
+        ),
         ("batch of clouds saved past its end", lambda: cloud.save(tmp / "c.ply", index=3), InputError, "index 3"),
     ]
 
@@ -294,6 +303,10 @@ def _disk_full(cloud: PointClouds, path: Path):
             assert not path.exists()
 
 
+# Files the cases themselves create as inputs; anything else new in the folder is a leftover.
+FIXTURES = {"t.safetensors", "wide.safetensors", "evil.safetensors", "twice.ply", "folder.ply"}
+
+
 def test_the_battery_holds_at_least_thirty_cases(pipe, files, tmp_path) -> None:
     assert len(_cases(pipe, files, tmp_path)) >= 30
 
@@ -313,7 +326,7 @@ def test_every_bad_input_is_a_clear_cdm3d_error_and_leaves_nothing_behind(pipe, 
             failures.append(f"{name}: raised {type(err).__name__}: {err} instead of {error.__name__}")
         else:
             failures.append(f"{name}: no error")
-        leftovers = [p.name for p in set(out.rglob("*")) - before if p.name.startswith(".") or "tmp" in p.name]
+        leftovers = [p.name for p in set(out.rglob("*")) - before if p.name not in FIXTURES]
         if leftovers:
             failures.append(f"{name}: left temporary files {leftovers}")
     assert not failures, "\n".join(failures)
@@ -357,6 +370,10 @@ CLI_CASES = [
     ("cdm3d", ["generate", "a red\x07 cube"], "control characters"),
     ("cdm3d", ["generate", "x" * 3000], "at most 2000"),
     ("cdm3d", ["generate", "a cube", "--steps", "0"], "--steps"),
+    ("cdm3d", ["generate", b"a \xff cube".decode("utf-8", "surrogateescape")], "UTF-8"),
+    ("cdm3d", ["generate", "a cube", "--model", "{in}"], "cascade.yaml"),
+    ("cdm3d", ["generate", "a cube", "--steps", "many"], "invalid int value"),
+    ("cdm3d", ["info", "--model", "{in}"], "cascade.yaml"),
     ("cdm3d", ["generate", "a cube", "--guidance", "nan"], "--guidance"),
     ("cdm3d", ["generate", "a cube", "--device", "quantum"], "device"),
     ("cdm3d", ["generate", "a cube", "--model", "{tmp}/nowhere"], "no cascade folder"),
@@ -368,6 +385,8 @@ CLI_CASES = [
     ("export_mesh", ["a cube", "-o", "{tmp}/missing/deeper"], "does not exist"),
     ("train", ["--config", "{in}/bad.yaml", "--out", "{tmp}/run"], "not valid YAML"),
     ("train", ["--config", "{in}/nope.yaml", "--out", "{tmp}/run"], "not found"),
+    ("train", ["--config", "{in}/typed.yaml", "--out", "{tmp}/run"], "train.steps"),
+    ("train", ["--config", "{in}/typed.yaml", "--out", "{tmp}/run", "--set", "oops"], "key=value"),
 ]
 
 
@@ -378,7 +397,10 @@ def test_command_line_errors_are_one_line(prog, argv, fragment, files, tmp_path,
 
     main = {"cdm3d": cdm3d.cli.main, "export_mesh": export_mesh.main, "train": train.main}[prog]
     argv = [a.replace("{tmp}", str(tmp_path)).replace("{in}", str(files)) for a in argv]
-    rc = main(argv)
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:  # argparse's own usage errors
+        rc = exit_.code
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0
     assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0], err

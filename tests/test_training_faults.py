@@ -70,9 +70,23 @@ def test_non_finite_losses_are_skipped_then_stop_training(recipe_path, tmp_path,
 
     # Now every step is bad: three in a row stop the run, naming the step and the last good checkpoint.
     trainer = _nan_trainer(recipe_path, tmp_path / "run", 30, set(range(12, 40)), monkeypatch)
-    with pytest.raises(TrainingError, match="3 non-finite losses in a row at step 14"), warnings.catch_warnings():
+    with (
+        pytest.raises(TrainingError, match="3 non-finite losses or gradients in a row at step 14"),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         trainer.fit(resume=True, progress=False)
+
+
+def test_non_finite_gradients_are_skipped(recipe_path, tmp_path) -> None:
+    import cdm3d.training.data.points  # noqa: F401
+
+    trainer = Trainer(_recipe(recipe_path, steps=6), tmp_path / "run")
+    param = next(trainer.stage.net.parameters())
+    param.register_hook(lambda grad: grad * float("nan") if trainer.step == 2 else grad)
+    with pytest.warns(UserWarning, match="step 2: non-finite gradients skipped"):
+        losses = trainer.fit(progress=False)
+    assert len(losses) == 5 and all(torch.isfinite(p).all() for p in trainer.stage.parameters())
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint(recipe_path, tmp_path, monkeypatch) -> None:
@@ -148,3 +162,37 @@ def test_streamed_shards_survive_a_file_broken_mid_epoch(recipe_path, tmp_path) 
     with pytest.raises(TrainingError, match="every shard .* is unreadable"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Trainer(recipe, tmp_path / "run2")
+
+
+def test_clip_training_resumes_exactly(tmp_path) -> None:
+    from cdm3d.training.clip_trainer import ClipRecipe, train_clip
+
+    recipe = ClipRecipe.model_validate(
+        {
+            "model": kill_resume.TINY_CLIP,
+            "data": {"objects": 12, "views": 1, "image_size": 32, "caption_variants": 4},
+            "train": {"steps": 6, "batch_size": 4, "warmup": 1, "checkpoint_every": 3},
+        }
+    )
+    straight = train_clip(recipe, tmp_path / "a", progress=False)
+    import cdm3d.training.clip_trainer as clip_trainer
+
+    real, calls = clip_trainer.clip_loss, []
+
+    def crash_on_the_fifth_step(*args):
+        calls.append(1)
+        if len(calls) == 5:  # the checkpoint is at step 3; step 4 was logged, then the "kill"
+            raise KeyboardInterrupt
+        return real(*args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(clip_trainer, "clip_loss", crash_on_the_fifth_step)
+        with pytest.raises(KeyboardInterrupt):
+            train_clip(recipe, tmp_path / "b", progress=False)
+    resumed = train_clip(recipe, tmp_path / "b", progress=False)
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [r.split(",")[0] for r in (tmp_path / "b" / "log.csv").read_text().splitlines()] == list("123456")
+    (tmp_path / "b" / "train_state.pt").write_bytes(b"\x80\x04 damaged")
+    with pytest.raises(TrainingError, match="cannot resume"):
+        train_clip(recipe, tmp_path / "b", progress=False)

@@ -11,9 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from cdm3d.errors import ArgumentParser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, required=True)
     parser.add_argument(
         "--stage",

@@ -10,9 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from cdm3d.errors import ArgumentParser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, required=True, help="a cdm3d CLIP file (clip.safetensors)")
     parser.add_argument("--split", default="train", choices=["train", "val", "test"])
     parser.add_argument("--objects", type=int, default=16000)
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.training.data.points import build_world_embeddings
 
     try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if not args.out.parent.is_dir():
+            raise Cdm3dError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
         clip = ClipEncoder.load(args.clip)
         build_world_embeddings(clip, args.split, args.objects, args.out, args.text_variants, args.image_views)
     except Cdm3dError as err:

@@ -14,6 +14,8 @@ import re
 import sys
 from pathlib import Path
 
+from cdm3d.errors import ArgumentParser
+
 MESH_FORMATS = ("glb", "obj", "ply")
 POINT_FORMATS = ("ply", "npz")
 
@@ -24,7 +26,7 @@ def _slug(text: str, index: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompts", nargs="*")
     parser.add_argument("--image", action="append", default=[], type=Path, help="condition on an image (repeatable)")
     parser.add_argument("-o", "--out", type=Path, default=Path("outputs"))

@@ -15,11 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdm3d.errors import Cdm3dError, one_line
+from cdm3d.errors import ArgumentParser, Cdm3dError, one_line
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--meshes", type=Path, help="folder of mesh files (searched recursively)")
     src.add_argument("--world", choices=["train", "val", "test"], help="a split of the procedural world")

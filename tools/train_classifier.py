@@ -11,9 +11,11 @@ import json
 import sys
 from pathlib import Path
 
+from cdm3d.errors import ArgumentParser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--objects", type=int, default=16000)
     parser.add_argument("--points", type=int, default=4096)
@@ -22,21 +24,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--eval-objects", type=int, default=1000)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
+    from cdm3d.errors import Cdm3dError, one_line
+
+    try:
+        return _run(args)
+    except Cdm3dError as err:
+        if args.debug:
+            raise
+        print(one_line("train_classifier", err), file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from cdm3d.core.checkpoint import write_text
+    from cdm3d.errors import InputError
     from cdm3d.eval.classifier import train_classifier, world_labels
     from cdm3d.training.data.points import build_geometry
 
     cache = args.cache_dir / f"world-train-{args.objects}x{args.points}.npy"
     if cache.exists():
-        points = torch.from_numpy(np.load(cache))
+        points = torch.from_numpy(np.load(cache, allow_pickle=False))
     else:
         points = build_geometry("train", args.objects, args.points, cache, args.workers)
     cats, cols = world_labels("train", args.objects)
     model = train_classifier(points, cats, cols, steps=args.steps, device=args.device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.out.parent.is_dir():
+        raise InputError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
     model.save(args.out)
     # Accuracy on held-out world objects (the "val" split).
     val_cache = args.cache_dir / f"world-val-{args.eval_objects}x{args.points}.npy"
@@ -52,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_color_accuracy": (pk == vk).float().mean().item(),
     }
     print(json.dumps(report))
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    write_text(args.out.with_suffix(".json"), json.dumps(report, indent=2))
     return 0
 
 

@@ -10,19 +10,20 @@ import json
 import sys
 from pathlib import Path
 
-from cdm3d.errors import Cdm3dError, one_line
+from cdm3d.errors import ArgumentParser, Cdm3dError, one_line
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("configs/clip/small.yaml"))
     parser.add_argument("--out", type=Path, default=Path("runs/clip_small"))
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--eval-json", type=Path, default=Path("benchmarks/results/clip_small.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         import torch
 
+        from cdm3d.core.checkpoint import write_text
         from cdm3d.eval.clip_eval import evaluate_clip
         from cdm3d.training.clip_trainer import load_recipe, train_clip
 
@@ -33,7 +34,7 @@ def main() -> int:
         train_time = json.loads((args.out / "train_time.json").read_text())
         report["training"] = {**train_time, "config": str(args.config), "device": "cpu (2 cores)"}
         args.eval_json.parent.mkdir(parents=True, exist_ok=True)
-        args.eval_json.write_text(json.dumps(report, indent=2))
+        write_text(args.eval_json, json.dumps(report, indent=2))
         print(json.dumps({k: v for k, v in report.items() if k != "per_category"}, indent=2))
     except Cdm3dError as err:
         print(one_line("train_clip", err), file=sys.stderr)

@@ -29,7 +29,7 @@ from cdm3d.core.conditioning import Conditioning
 from cdm3d.core.config import StrictConfig, load_yaml, validate
 from cdm3d.core.stage import Stage
 from cdm3d.core.stage_io import build_stage, load_stage, save_stage
-from cdm3d.errors import CheckpointError, ConfigError, InputError
+from cdm3d.errors import CheckpointError, ConfigError, InputError, StorageError
 
 CASCADE_FILE = "cascade.yaml"
 STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -232,8 +232,11 @@ class Cascade:
         directory = Path(directory)
         if directory.exists() and not overwrite:
             raise InputError(f"{directory} exists; pass overwrite=True to replace it")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        except OSError as err:
+            raise StorageError(f"cannot write the cascade folder {directory}: {err.strerror or err}") from None
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a cascade folder is an ordinary folder
@@ -272,9 +275,15 @@ class Cascade:
     def from_pretrained(cls, directory: str | Path, *, load_clip: bool = True) -> Cascade:
         directory = Path(directory)
         if not directory.is_dir():
-            raise CheckpointError(f"cascade folder not found: {directory}")
+            raise CheckpointError(
+                f"cascade folder not found: {directory}; give a folder written by Cascade.save_pretrained "
+                "or tools/assemble_cascade.py"
+            )
         if not (directory / CASCADE_FILE).is_file():
-            raise CheckpointError(f"{directory} is not a cdm3d cascade folder (no {CASCADE_FILE})")
+            raise CheckpointError(
+                f"{directory} is not a cdm3d cascade folder (no {CASCADE_FILE}); give a folder written by "
+                "tools/assemble_cascade.py"
+            )
         try:
             doc = validate(CascadeFile, load_yaml(directory / CASCADE_FILE), str(directory / CASCADE_FILE))
         except ConfigError as err:

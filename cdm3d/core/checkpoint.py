@@ -70,6 +70,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a crash leaves the old file or none, never half of one)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write ``tensors`` and string ``metadata`` to a safetensors file, atomically."""
     from safetensors.torch import save_file
@@ -90,7 +98,7 @@ def _refuse_non_safetensors(path: Path) -> None:
             "safetensors.torch.save_file(torch.load(p, weights_only=True), 'x.safetensors')"
         )
     if len(head) < 8:
-        raise CheckpointError(f"{path} is empty or truncated (not a safetensors file)")
+        raise CheckpointError(f"{path} is empty or truncated (not a safetensors file); download or copy it again")
     header_len = int.from_bytes(head[:8], "little")
     if header_len <= 0 or header_len > path.stat().st_size - 8 or head[8:9] != b"{":
         raise CheckpointError(f"{path} is not a safetensors file (bad header); is it truncated or of another format?")
@@ -108,7 +116,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as err:  # safetensors raises its own SafetensorError
-        raise CheckpointError(f"{path} is corrupt or truncated: {err}") from None
+        raise CheckpointError(f"{path} is corrupt or truncated: {err}; download or copy it again") from None
     return meta
 
 
@@ -120,14 +128,16 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     try:
         tensors = load_file(str(path), device="cpu")
     except Exception as err:
-        raise CheckpointError(f"{path} is corrupt or truncated: {err}") from None
+        raise CheckpointError(f"{path} is corrupt or truncated: {err}; download or copy it again") from None
     return tensors, meta
 
 
 def config_from_metadata(path: str | Path, meta: dict[str, str], kind: str) -> dict[str, Any]:
     if meta.get("cdm3d.kind") != kind or "cdm3d.config" not in meta:
         found = meta.get("cdm3d.kind", "no cdm3d metadata")
-        raise CheckpointError(f"{path} is not a cdm3d {kind} weights file (found: {found})")
+        raise CheckpointError(
+            f"{path} is not a cdm3d {kind} weights file (found: {found}); give a file written by cdm3d"
+        )
     if meta.get("cdm3d.format") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has cdm3d format {meta.get('cdm3d.format')!r}; this cdm3d reads {FORMAT_VERSION!r}"
@@ -159,5 +169,7 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], p
     if misshapen:
         problems.append(f"mismatched shapes: {misshapen[:3]}")
     if problems:
-        raise CheckpointError(f"{path} does not fit this model: " + "; ".join(problems))
+        raise CheckpointError(
+            f"{path} does not fit this model: " + "; ".join(problems) + "; use the weights trained with this config"
+        )
     module.load_state_dict(tensors, strict=True)

@@ -75,13 +75,13 @@ def check_images(images: Any) -> torch.Tensor:
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
         raise InputError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
     if not images.is_floating_point():
-        raise InputError(f"images must be floating point in [0, 1], got {images.dtype}")
+        raise InputError(f"images must be floating point in [0, 1], got {images.dtype}; use images.float() / 255")
     if not torch.isfinite(images).all():
-        raise InputError("images hold NaN or Inf values")
+        raise InputError("images hold NaN or Inf values; give finite pixel values in [0, 1]")
     if images.min() < -1e-3 or images.max() > 1 + 1e-3:
-        raise InputError("image values must lie in [0, 1]")
+        raise InputError("image values must lie in [0, 1]; divide 8-bit pixel values by 255")
     if min(images.shape[-2:]) < 8:
-        raise InputError(f"images of {images.shape[-2]}x{images.shape[-1]} px are too small (at least 8x8)")
+        raise InputError(f"images of {images.shape[-2]}x{images.shape[-1]} px are too small; give at least 8x8 px")
     return images
 
 

@@ -35,7 +35,9 @@ def load_stage(path: str | Path, expected_type: str | None = None) -> Stage:
     tensors, meta = load_tensors(path)
     config = config_from_metadata(path, meta, "stage")
     if expected_type is not None and config.get("type") != expected_type:
-        raise CheckpointError(f"{path} holds weights of stage type {config.get('type')!r}, expected {expected_type!r}")
+        raise CheckpointError(
+            f"{path} holds weights of stage type {config.get('type')!r}, expected {expected_type!r}; check the path"
+        )
     try:
         stage = build_stage(config, f"config embedded in {path}")
     except ConfigError as err:

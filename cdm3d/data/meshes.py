@@ -22,27 +22,31 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
     if path.suffix.lower() not in MESH_SUFFIXES:
         raise InputError(f"{path.name}: unsupported mesh format {path.suffix!r}; use one of {', '.join(MESH_SUFFIXES)}")
     if path.stat().st_size == 0:
-        raise InputError(f"{path.name}: file is empty")
+        raise InputError(f"{path.name}: file is empty; re-export the mesh")
     try:
         loaded = trimesh.load(path, force="mesh", process=False)
     except Exception as err:  # trimesh raises many kinds for corrupt files
-        raise InputError(f"{path.name}: cannot be read as a mesh ({type(err).__name__}: {err})") from None
+        raise InputError(
+            f"{path.name}: cannot be read as a mesh ({type(err).__name__}: {err}); is it corrupt or truncated?"
+        ) from None
     if not isinstance(loaded, trimesh.Trimesh):
-        raise InputError(f"{path.name}: holds no triangle mesh (got {type(loaded).__name__})")
+        raise InputError(
+            f"{path.name}: holds no triangle mesh (got {type(loaded).__name__}); export the surface as triangles"
+        )
     return check_mesh(loaded, path.name)
 
 
 def check_mesh(mesh: trimesh.Trimesh, name: str = "mesh") -> trimesh.Trimesh:
     if len(mesh.faces) == 0 or len(mesh.vertices) == 0:
-        raise InputError(f"{name}: mesh is empty (no faces)")
+        raise InputError(f"{name}: mesh is empty (no faces); export the surface as triangles")
     if len(mesh.faces) > MAX_FACES:
         raise InputError(f"{name}: {len(mesh.faces)} faces is more than the {MAX_FACES} accepted; decimate it first")
     if not np.isfinite(mesh.vertices).all():
-        raise InputError(f"{name}: vertices hold NaN or Inf values")
+        raise InputError(f"{name}: vertices hold NaN or Inf values; repair or re-export the mesh")
     if mesh.faces.max() >= len(mesh.vertices) or mesh.faces.min() < 0:
-        raise InputError(f"{name}: faces index vertices that do not exist")
+        raise InputError(f"{name}: faces index vertices that do not exist; repair or re-export the mesh")
     if not mesh.area > 0:
-        raise InputError(f"{name}: mesh is degenerate (zero surface area)")
+        raise InputError(f"{name}: mesh is degenerate (zero surface area); it has no surface to sample")
     return mesh
 
 

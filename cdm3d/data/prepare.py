@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cdm3d.core.checkpoint import write_text
 from cdm3d.data.meshes import MESH_SUFFIXES, load_mesh, normalise, sample_colored_points
 from cdm3d.data.shards import Record, write_shard
-from cdm3d.errors import InputError
+from cdm3d.errors import InputError, StorageError
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,10 @@ def prepare_folder(
 
     caption_of = read_captions(captions)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(f"cannot create the output folder {out}: {err.strerror or err}") from None
     report = Report()
     jobs = []
     for path in find_meshes(meshes):
@@ -121,7 +125,7 @@ def prepare_folder(
                 continue
             writer.add(record)
     writer.flush()
-    (out / "report.json").write_text(report.to_json())
+    write_text(out / "report.json", report.to_json())
     return report
 
 
@@ -173,7 +177,10 @@ def prepare_world(
     from cdm3d.data.world import World
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(f"cannot create the output folder {out}: {err.strerror or err}") from None
     world, report = World(split), Report()
     writer = _ShardWriter(out, report, shard_size)
     for i in tqdm(range(count), desc=f"world {split}", disable=not progress):
@@ -185,5 +192,5 @@ def prepare_world(
         meta = {"category": obj.labels.category, "colors": list(obj.labels.colors), **obj.labels.attributes}
         writer.add(Record(f"{split}-{i:07d}", obj.caption, xyz, rgb, sdf_q, sdf, meta))
     writer.flush()
-    (out / "report.json").write_text(report.to_json())
+    write_text(out / "report.json", report.to_json())
     return report

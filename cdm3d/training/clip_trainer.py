@@ -6,6 +6,7 @@ import json
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,10 @@ from pydantic import Field
 from torch.nn import functional as F
 
 from cdm3d.core import ClipEncoder
-from cdm3d.core.checkpoint import atomic_path
+from cdm3d.core.checkpoint import atomic_path, write_text
 from cdm3d.core.config import StrictConfig, load_yaml, validate
 from cdm3d.data.world import World, caption_of
-from cdm3d.errors import ConfigError
+from cdm3d.errors import ConfigError, StorageError, TrainingError
 from cdm3d.render import Camera
 
 
@@ -101,8 +102,11 @@ def train_clip(recipe: ClipRecipe, out: Path, resume: bool = True, progress: boo
     """Train the small CLIP; checkpoints under ``out`` and ``out/clip.safetensors`` at the end."""
     from tqdm.auto import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(recipe.model_dump_json(indent=2))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(f"cannot create the run folder {out}: {err.strerror or err}") from None
+    write_text(out / "recipe.json", recipe.model_dump_json(indent=2))
     torch.manual_seed(recipe.train.seed)
     if recipe.train.init is not None:
         encoder = ClipEncoder.load(recipe.train.init)
@@ -125,16 +129,28 @@ def train_clip(recipe: ClipRecipe, out: Path, resume: bool = True, progress: boo
     )
     state_path = out / "train_state.pt"
     step = 0
+    state = None
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            step = int(state["step"])
+        except Exception as err:
+            raise TrainingError(
+                f"cannot resume: {state_path} is unreadable or damaged ({type(err).__name__})"
+            ) from None
+        if "recipe" in state and json.loads(state["recipe"])["model"] != json.loads(recipe.model_dump_json())["model"]:
+            raise TrainingError(f"cannot resume: {state_path} was written for another model; use a new --out")
     cache = out / "renders.pt"
     d = recipe.data
+    images = None
     if cache.exists():
-        images, owner = torch.load(cache, weights_only=True).values()
-    else:
+        try:
+            images, owner = torch.load(cache, weights_only=True).values()
+        except Exception as err:  # a damaged cache is rebuilt, never half-read
+            warnings.warn(f"render cache {cache} is unreadable ({type(err).__name__}); rebuilding it", stacklevel=2)
+    if images is None:
         images, owner = render_dataset("train", d.objects, d.views, d.image_size, recipe.train.seed, progress)
         with atomic_path(cache) as tmp:
             torch.save({"images": images, "owner": owner}, tmp)
@@ -143,7 +159,12 @@ def train_clip(recipe: ClipRecipe, out: Path, resume: bool = True, progress: boo
     seeds = [world.seed(i) for i in range(d.objects)]
     g = torch.Generator().manual_seed(recipe.train.seed * 1000 + step)
     rng = random.Random(recipe.train.seed * 1000 + step)
+    if state is not None and "generator" in state:  # the exact random streams of the interrupted run
+        g.set_state(state["generator"])
+        rng.setstate(_tuples(state["rng"]))
+    _truncate_rows(out / "log.csv", step)
     log = (out / "log.csv").open("a")
+    bad_steps = 0
     bar = tqdm(total=recipe.train.steps, initial=step, desc="clip", disable=not progress)
     start = time.time()
     while step < recipe.train.steps:
@@ -159,7 +180,16 @@ def train_clip(recipe: ClipRecipe, out: Path, resume: bool = True, progress: boo
         loss = clip_loss(model, batch, tokens)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not (torch.isfinite(loss) and torch.isfinite(norm)):
+            bad_steps += 1
+            warnings.warn(f"step {step}: non-finite loss or gradients skipped ({bad_steps} in a row)", stacklevel=2)
+            if bad_steps >= 5:
+                raise TrainingError(f"5 non-finite steps in a row at step {step}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            continue
+        bad_steps = 0
         opt.step()
         step += 1
         bar.update(1)
@@ -167,8 +197,16 @@ def train_clip(recipe: ClipRecipe, out: Path, resume: bool = True, progress: boo
         log.write(f"{step},{loss.item():.5f},{time.time() - start:.1f}\n")
         if step % recipe.train.checkpoint_every == 0 or step == recipe.train.steps:
             log.flush()
+            state = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "generator": g.get_state(),
+                "rng": rng.getstate(),
+                "recipe": recipe.model_dump_json(),
+            }
             with atomic_path(state_path) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+                torch.save(state, tmp)
     bar.close()
     log.close()
     encoder = ClipEncoder(
@@ -180,5 +218,20 @@ def train_clip(recipe: ClipRecipe, out: Path, resume: bool = True, progress: boo
         image_std=encoder.image_std,
     )
     encoder.save(out / "clip.safetensors")
-    (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start, "steps": step}))
+    write_text(out / "train_time.json", json.dumps({"seconds": time.time() - start, "steps": step}))
     return encoder
+
+
+def _tuples(value):
+    """``random.Random`` state back from its saved form (tuples may come back as lists)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _truncate_rows(path: Path, step: int) -> None:
+    """Drop ``step,...`` log rows past ``step`` (logged after the checkpoint a resumed run starts from)."""
+    if not path.exists():
+        return
+    rows = [
+        r for r in path.read_text().splitlines() if r.split(",", 1)[0].isdigit() and int(r.split(",", 1)[0]) <= step
+    ]
+    write_text(path, "".join(f"{r}\n" for r in rows))

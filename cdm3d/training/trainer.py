@@ -28,10 +28,10 @@ import torch
 from pydantic import Field
 
 from cdm3d.core import DiffusionStage
-from cdm3d.core.checkpoint import atomic_path
+from cdm3d.core.checkpoint import atomic_path, write_text
 from cdm3d.core.config import StrictConfig, load_yaml, validate
 from cdm3d.core.stage_io import build_stage, save_stage
-from cdm3d.errors import ConfigError, TrainingError
+from cdm3d.errors import ConfigError, StorageError, TrainingError
 from cdm3d.training.data import DATASETS
 
 STATE_FILE = "state.pt"
@@ -156,9 +156,12 @@ class Trainer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         try:
-            with atomic_path(self.out / STATE_FILE) as tmp:
-                torch.save(self.state_dict(), tmp)
-            save_stage(self.ema, self.out / WEIGHTS_FILE)
+            # Both files are written in full to temporary files first (a failure leaves both old ones),
+            # then renamed weights first: a kill between the renames leaves an older state, whose resumed
+            # run recomputes the same weights; never a final state beside stale weights.
+            with atomic_path(self.out / STATE_FILE) as state_tmp, atomic_path(self.out / WEIGHTS_FILE) as weights_tmp:
+                save_stage(self.ema, weights_tmp)
+                torch.save(self.state_dict(), state_tmp)
         except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
             if isinstance(err, RuntimeError) and "write" not in str(err).lower() and "file" not in str(err).lower():
                 raise
@@ -191,22 +194,29 @@ class Trainer:
         if self.world > 1:  # every process skips, or none does: they must stay in step
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if not bool(finite):
-            self.bad_steps += 1
-            warnings.warn(f"step {self.step}: non-finite loss skipped ({self.bad_steps} in a row)", stacklevel=2)
-            if self.bad_steps >= s.max_bad_steps:
-                raise TrainingError(
-                    f"{self.bad_steps} non-finite losses in a row at step {self.step}; lower the learning rate "
-                    f"or check the data (last good checkpoint: {self.out / STATE_FILE})"
-                )
-            self.step += 1
-            return None
-        self.bad_steps = 0
+            return self._bad_step("non-finite loss")
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.stage.parameters(), s.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.stage.parameters(), s.grad_clip)
+        if not torch.isfinite(norm):  # a finite loss can still have non-finite gradients
+            self.opt.zero_grad(set_to_none=True)
+            return self._bad_step("non-finite gradients")
+        self.bad_steps = 0
         self.opt.step()
         self._update_ema()
         self.step += 1
         return loss.item()
+
+    def _bad_step(self, what: str) -> None:
+        """Skip this step (no update), warn, and stop after ``max_bad_steps`` in a row."""
+        self.bad_steps += 1
+        warnings.warn(f"step {self.step}: {what} skipped ({self.bad_steps} in a row)", stacklevel=3)
+        if self.bad_steps >= self.recipe.train.max_bad_steps:
+            raise TrainingError(
+                f"{self.bad_steps} non-finite losses or gradients in a row at step {self.step}; lower the learning "
+                f"rate or check the data (last good checkpoint: {self.out / STATE_FILE})"
+            )
+        self.step += 1
+        return None
 
     def _loss(self, x0, cond, cond_input, part) -> torch.Tensor:
         # Through the DDP wrapper, so its gradient hooks run.
@@ -223,14 +233,19 @@ class Trainer:
         from tqdm.auto import tqdm
 
         s = self.recipe.train
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(f"cannot create the run folder {self.out}: {err.strerror or err}") from None
+        if not os.access(self.out, os.W_OK):
+            raise StorageError(f"the run folder {self.out} is not writable")
         state_path = self.out / STATE_FILE
         if resume and state_path.exists():
             self.load_state(state_path)
         elif state_path.exists():
             raise TrainingError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         if self.rank == 0:
-            (self.out / "recipe.json").write_text(self.recipe.model_dump_json(indent=2))
+            write_text(self.out / "recipe.json", self.recipe.model_dump_json(indent=2))
         writer = _tensorboard(self.out) if self.rank == 0 else None
         if self.rank == 0:
             _truncate_log(self.out / "log.csv", self.step)
@@ -274,8 +289,7 @@ class Trainer:
         if report is None or self.rank != 0:
             return
         info = report()
-        with atomic_path(self.out / "data_report.json") as tmp:
-            tmp.write_text(json.dumps(info, indent=2))
+        write_text(self.out / "data_report.json", json.dumps(info, indent=2))
         if info.get("shards_skipped") or info.get("records_skipped"):
             warnings.warn(
                 f"data: skipped {info.get('shards_skipped', 0)} unreadable files and {info.get('records_skipped', 0)} "

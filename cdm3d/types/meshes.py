@@ -61,6 +61,8 @@ class Meshes:
         check_writable(path, force)
         if not -len(self) <= index < len(self):
             raise InputError(f"index {index} is out of range for a batch of {len(self)}")
+        if not bool(torch.isfinite(self.vertices[index]).all()):
+            raise InputError(f"item {index} holds NaN or Inf coordinates; refusing to write {path.name}")
         data = self.to_trimesh(index).export(file_type=suffix[1:])
         with atomic_path(path) as tmp:
             tmp.write_bytes(data if isinstance(data, bytes) else data.encode())

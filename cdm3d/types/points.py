@@ -90,6 +90,8 @@ class PointClouds:
         check_writable(path, force)
         if not -len(self) <= index < len(self):
             raise InputError(f"index {index} is out of range for a batch of {len(self)}")
+        if not bool(torch.isfinite(self.coords[index]).all()):
+            raise InputError(f"item {index} holds NaN or Inf coordinates; refusing to write {path.name}")
         xyz = self.coords[index].detach().cpu().numpy().astype(np.float32)
         rgb = self.colors[index].detach().cpu().numpy().astype(np.float32)
         with atomic_path(path) as tmp:
@@ -131,10 +133,14 @@ class PointClouds:
         except InputError:
             raise
         except Exception as err:
-            raise InputError(f"{path} cannot be read as a point cloud ({type(err).__name__}: {err})") from None
+            raise InputError(
+                f"{path} cannot be read as a point cloud ({type(err).__name__}: {err}); is it corrupt or truncated?"
+            ) from None
         xyz, rgb = np.asarray(xyz, np.float32), np.asarray(rgb, np.float32)
         if xyz.ndim != 2 or xyz.shape[1] != 3 or not np.isfinite(xyz).all():
-            raise InputError(f"{path}: point coordinates must be finite [N, 3]")
+            raise InputError(
+                f"{path}: point coordinates must be finite [N, 3]; the file holds NaN/Inf or another shape"
+            )
         return cls(torch.from_numpy(xyz)[None], torch.from_numpy(rgb)[None])
 
     def preview(self, index: int = 0, size: int = 256, camera: Any = None) -> torch.Tensor:
