@@ -6,9 +6,11 @@ A tiny points.coarse recipe (tiny CLIP embeddings, 1000 steps, a checkpoint ever
 5) is trained once without interruption, then ``--repeats`` times under fire:
 ``tools/train.py --resume`` is started, killed with SIGKILL after a random delay,
 and started again, until a run finishes by itself. After every kill the
-checkpoint on disk must load (never a half-written file). At the end the EMA
-weights (stage.safetensors) and the full training state must equal the
-uninterrupted run's bit for bit (CPU, one thread, fixed seed).
+checkpoint on disk must load (never a half-written file). Every other kill is
+aimed at a checkpoint being written (the moment its temporary file appears). At
+the end the EMA weights (stage.safetensors), the weights, the optimizer state,
+the random generator and the logged losses must equal the uninterrupted run's
+bit for bit (CPU, one thread, fixed seed).
 """
 
 from __future__ import annotations
@@ -109,9 +111,14 @@ def train_under_fire(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        during_save = False
         if kill_at_steps is not None:
             fired = bool(targets) and _wait_for_step(proc, out, targets[0])
             wait = None
+        elif kills % 2 == 1 and kills < max_kills:  # every other kill aims at a checkpoint being written
+            wait = rng.uniform(*delay)
+            fired = _wait_for_save(proc, out, wait)
+            during_save = fired
         else:
             wait = rng.uniform(*delay) if kills < max_kills else None
             try:
@@ -125,13 +132,31 @@ def train_under_fire(
             kills += 1
             if targets:
                 targets.pop(0)
-            moments.append({"after_s": None if wait is None else round(wait, 2), "checkpoint_step": _step_of(out)})
+            leftovers = [p.name for p in out.glob(".*.tmp")]
+            moments.append(
+                {
+                    "after_s": None if wait is None else round(wait, 2),
+                    "aimed_at_a_save": during_save,
+                    "temporary_files_left": leftovers,
+                    "checkpoint_step": _step_of(out),
+                }
+            )
             _checkpoint_loads(out)
             continue
         _, err = proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(f"resumed training failed: {err.decode(errors='replace')[-2000:]}")
         return {"kills": kills, "moments": moments}
+
+
+def _wait_for_save(proc: subprocess.Popen, out: Path, after: float) -> bool:
+    """After ``after`` seconds, poll until a checkpoint's temporary file appears (True) or the run ends."""
+    time.sleep(after)
+    while proc.poll() is None:
+        if any(out.glob(".*.tmp")):
+            return True
+        time.sleep(0.0005)
+    return False
 
 
 def _wait_for_step(proc: subprocess.Popen, out: Path, step: int) -> bool:
@@ -165,6 +190,7 @@ def compare(a: Path, b: Path) -> dict[str, object]:
     sa = torch.load(a / "state.pt", map_location="cpu", weights_only=True)
     sb = torch.load(b / "state.pt", map_location="cpu", weights_only=True)
     stage_equal = all(torch.equal(sa["stage"][k], sb["stage"][k]) for k in sa["stage"])
+    state_equal = _same(sa["optimizer"], sb["optimizer"]) and torch.equal(sa["generator"], sb["generator"])
     log_a = (a / "log.csv").read_text().splitlines()
     log_b = (b / "log.csv").read_text().splitlines()
     losses_equal = [r.split(",")[:2] for r in log_a] == [r.split(",")[:2] for r in log_b]
@@ -172,8 +198,20 @@ def compare(a: Path, b: Path) -> dict[str, object]:
         "step": int(sb["step"]),
         "ema_weights_identical": weights_equal,
         "weights_identical": stage_equal,
+        "optimizer_and_generator_identical": state_equal,
         "logged_losses_identical": losses_equal,
     }
+
+
+def _same(a: object, b: object) -> bool:
+    """Deep equality of nested dicts/lists of tensors and numbers (an optimizer state)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
+    return a == b
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,14 +250,26 @@ def main(argv: list[str] | None = None) -> int:
         "uninterrupted_seconds": round(straight_s, 1),
         "repeats": args.repeats,
         "total_kills": sum(r["kills"] for r in results),
+        "kills_aimed_at_saves": sum(m["aimed_at_a_save"] for r in results for m in r["moments"]),
+        "kills_inside_training": sum(
+            m["checkpoint_step"] is not None and m["checkpoint_step"] < args.steps
+            for r in results
+            for m in r["moments"]
+        ),
         "all_identical": all(
-            r["ema_weights_identical"] and r["weights_identical"] and r["logged_losses_identical"] for r in results
+            r["ema_weights_identical"]
+            and r["weights_identical"]
+            and r["optimizer_and_generator_identical"]
+            and r["logged_losses_identical"]
+            for r in results
         ),
         "runs": results,
         "torch": torch.__version__,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2))
+    from cdm3d.core.checkpoint import write_text
+
+    write_text(args.out, json.dumps(summary, indent=2))
     print(f"{summary['total_kills']} kills over {args.repeats} repeats; identical: {summary['all_identical']}")
     return 0 if summary["all_identical"] else 1
 

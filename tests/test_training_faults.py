@@ -44,6 +44,8 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(recipe_path, tm
     result = kill_resume.compare(tmp_path / "straight", tmp_path / "killed")
     assert result["step"] == 300
     assert result["ema_weights_identical"] and result["weights_identical"] and result["logged_losses_identical"]
+    assert result["optimizer_and_generator_identical"]
+    assert not list((tmp_path / "killed").glob(".*.tmp"))
 
 
 def _nan_trainer(recipe_path: Path, out: Path, steps: int, bad_steps: set[int], monkeypatch) -> Trainer:
