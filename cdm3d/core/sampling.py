@@ -49,9 +49,10 @@ def sample_loop(
     # step on the device and reads it once after the loop: no host synchronisation per step.
     eager = x.device.type == "cpu"
     first_bad = torch.zeros((), dtype=torch.long, device=x.device)
+    t_device = timesteps.to(x.device, torch.float32)  # one copy, not a blocking copy per step
     for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(x, t)
-        t_batch = t.to(x.device, torch.float32).expand(x.shape[0])
+        t_batch = t_device[i].expand(x.shape[0])
         pred = model_fn(x_in, t_batch).to(x.dtype)  # a bf16 (autocast) prediction meets an fp32 solver
         x = scheduler.step(pred, t, x, return_dict=False, **step_kwargs)[0]
         if check_finite:
