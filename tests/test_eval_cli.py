@@ -25,3 +25,24 @@ def test_eval_writes_fidelity_distribution_and_upsampler_figures(tmp_path, capsy
     assert report["sampling"]["coarse"]["steps"] == 2
     assert main([*argv, "--classifier", str(tmp_path / "none.safetensors")]) == 2
     assert "classifier weights not found" in capsys.readouterr().err
+
+
+def test_assemble_cascade_sets_default_sampling(tmp_path, capsys) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import assemble_cascade
+
+    from cdm3d.core import save_stage
+    from cdm3d.paths import DEFAULT_MODEL
+
+    tiny = point_cascade("tiny", "cpu")
+    save_stage(tiny.stages["coarse"], tmp_path / "coarse.safetensors")
+    argv = ["--clip", str(DEFAULT_MODEL / "clip.safetensors"), "--stage", f"coarse={tmp_path / 'coarse.safetensors'}"]
+    argv += ["--sampling", "coarse.scheduler=unipc", "--sampling", "coarse.steps=7", "--out", str(tmp_path / "c")]
+    assert assemble_cascade.main(argv) == 0
+    sampling = Cascade.from_pretrained(tmp_path / "c", load_clip=False).stages["coarse"].config.sampling
+    assert (sampling.scheduler, sampling.steps) == ("unipc", 7)
+    assert assemble_cascade.main([*argv[:-2], "--sampling", "coarse.steps=zero", "--out", str(tmp_path / "d")]) == 2
+    assert "sampling.steps" in capsys.readouterr().err and not (tmp_path / "d").exists()

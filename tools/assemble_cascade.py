@@ -24,10 +24,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=FILE",
         help="a stage weights file (.safetensors) or, for stages without weights, a stage config (.yaml)",
     )
+    parser.add_argument(
+        "--sampling",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="a stage's default sampling setting, e.g. coarse.scheduler=unipc coarse.steps=12 (kept in its config)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    import yaml
+
     from cdm3d.core import Cascade, ClipEncoder, build_stage, load_stage, load_yaml
+    from cdm3d.core.config import updated
     from cdm3d.errors import Cdm3dError, one_line
     from cdm3d.stages import load_builtin
 
@@ -42,6 +52,17 @@ def main(argv: list[str] | None = None) -> int:
                 stages.append((name, build_stage(load_yaml(path), f"config {path}")))
             else:
                 stages.append((name, load_stage(path)))
+        by_name = dict(stages)
+        changes: dict[str, dict] = {}
+        for item in args.sampling:
+            key, sep, value = item.partition("=")
+            name, dot, field = key.partition(".")
+            if not sep or not dot or name not in by_name:
+                raise Cdm3dError(f"--sampling {item!r} must look like NAME.KEY=VALUE with NAME one of {list(by_name)}")
+            changes.setdefault(name, {})[field] = yaml.safe_load(value)
+        for name, fields in changes.items():
+            stage = by_name[name]
+            stage.config = updated(stage.config, {"sampling": fields}, f"sampling of stage {name!r}")
         cascade = Cascade(stages, clip=ClipEncoder.load(args.clip))
         cascade.save_pretrained(args.out, overwrite=args.overwrite)
     except Cdm3dError as err:
