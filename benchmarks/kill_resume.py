@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         fired = train_under_fire(recipe, out, rng, (args.min_delay, args.max_delay))
         result = {"repeat": i, **fired, "seconds": round(time.time() - start, 1), **compare(reference, out)}
+        result["temporary_files_at_end"] = [p.name for p in out.glob(".*.tmp")]
         print(json.dumps({k: v for k, v in result.items() if k != "moments"}))
         results.append(result)
     summary = {
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             and r["weights_identical"]
             and r["optimizer_and_generator_identical"]
             and r["logged_losses_identical"]
+            and not r["temporary_files_at_end"]
             for r in results
         ),
         "runs": results,

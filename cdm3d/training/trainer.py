@@ -240,9 +240,10 @@ class Trainer:
         if not os.access(self.out, os.W_OK):
             raise StorageError(f"the run folder {self.out} is not writable")
         state_path = self.out / STATE_FILE
-        if self.rank == 0:  # temporary files of a save that a kill interrupted: never read, just removed
-            for name in (STATE_FILE, WEIGHTS_FILE, "log.csv"):
-                for stale in self.out.glob(f".{name}.*.tmp"):
+        if self.rank == 0:  # temporary files of writes that a kill interrupted: never read, just removed
+            ours = (STATE_FILE, WEIGHTS_FILE, "log.csv", "recipe.json", "data_report.json")
+            for stale in self.out.glob(".*.tmp"):
+                if stale.name.lstrip(".").startswith(ours):
                     stale.unlink(missing_ok=True)
         if resume and state_path.exists():
             self.load_state(state_path)
