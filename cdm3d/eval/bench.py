@@ -208,7 +208,7 @@ def bench(
 
     # Throughput and peak memory per batch size.
     throughput = {}
-    for batch in batches:
+    for batch in sorted(batches):
         cond = random_conditioning(cascade, batch)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
@@ -226,6 +226,10 @@ def bench(
         }
         if dev.type == "cuda":
             entry["peak_memory_GiB"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
+        else:  # the process's peak resident memory so far (it only grows; batches run in increasing size)
+            import resource
+
+            entry["process_peak_rss_GiB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
         throughput[str(batch)] = entry
     result["throughput"] = throughput
 
