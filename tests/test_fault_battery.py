@@ -265,11 +265,15 @@ def _cases(pipe: TextTo3D, d: Path, tmp: Path) -> list[tuple[str, Callable[[], o
 
 
 def _load_misshapen(tmp: Path):
-    path = _tiny_weights(tmp / "wide.safetensors", network={"width": 32, "layers": 1, "heads": 2})
-    from cdm3d.core.checkpoint import load_state_into, load_tensors
+    """A stage file whose tensors do not match the config in its own metadata (edited or mixed up files)."""
+    from cdm3d.core.checkpoint import load_tensors, save_tensors
 
-    tensors, _ = load_tensors(path)
-    load_state_into(build_stage(TINY_COARSE), tensors, path)
+    narrow = _tiny_weights(tmp / "narrow.safetensors")
+    wide = _tiny_weights(tmp / "wide.safetensors", network={"width": 32, "layers": 1, "heads": 2})
+    tensors, _ = load_tensors(wide)
+    _, meta = load_tensors(narrow)
+    save_tensors(tmp / "mixed.safetensors", tensors, {k: v for k, v in meta.items() if k != "cdm3d.format"})
+    load_stage(tmp / "mixed.safetensors")
 
 
 def _load_pickle(tmp: Path):
@@ -304,7 +308,15 @@ def _disk_full(cloud: PointClouds, path: Path):
 
 
 # Files the cases themselves create as inputs; anything else new in the folder is a leftover.
-FIXTURES = {"t.safetensors", "wide.safetensors", "evil.safetensors", "twice.ply", "folder.ply"}
+FIXTURES = {
+    "t.safetensors",
+    "wide.safetensors",
+    "narrow.safetensors",
+    "mixed.safetensors",
+    "evil.safetensors",
+    "twice.ply",
+    "folder.ply",
+}
 
 
 def test_the_battery_holds_at_least_thirty_cases(pipe, files, tmp_path) -> None:
