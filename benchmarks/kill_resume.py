@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/kill_resume.json"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-delay", type=float, default=1.0, help="seconds before a kill, at least")
-    parser.add_argument("--max-delay", type=float, default=10.0, help="seconds before a kill, at most")
+    parser.add_argument("--max-delay", type=float, default=5.0, help="seconds before a kill, at most")
     args = parser.parse_args(argv)
 
     import shutil
