@@ -100,7 +100,8 @@ def _cases(pipe: TextTo3D, d: Path, tmp: Path) -> list[tuple[str, Callable[[], o
     emb = torch.nn.functional.normalize(torch.randn(1, 128), dim=-1)
     null = {"text": torch.zeros(128), "image": torch.zeros(128)}
     cloud = PointClouds(torch.zeros(1, 8, 3), torch.zeros(1, 8, 3))
-    nan_init = PointClouds(torch.full((1, 1024, 3), float("nan")), torch.zeros(1, 1024, 3))
+    n = pipe.cascade.stages["upsample"].config.coarse_points
+    nan_init = PointClouds(torch.full((1, n, 3), float("nan")), torch.zeros(1, n, 3))
     folder = tmp / "folder.ply"
     folder.mkdir()
     mesh_out = pipe("a red cube", steps=1, stop_at="coarse", progress=False)  # a valid result to save

@@ -16,8 +16,9 @@ def pipe() -> TextTo3D:
 
 def test_text_to_3d_returns_every_stage_and_a_coloured_mesh(pipe, tmp_path) -> None:
     out = pipe(["a tall red lamp", "a blue mug"], seed=0, steps=2, progress=False)
-    assert out.coarse_points.coords.shape == (2, 1024, 3)
-    assert out.points.coords.shape == (2, 3072, 3)
+    coarse, up = pipe.cascade.stages["coarse"].config, pipe.cascade.stages["upsample"].config
+    assert out.coarse_points.coords.shape == (2, coarse.num_points, 3)
+    assert out.points.coords.shape == (2, up.coarse_points + up.num_points, 3)
     assert len(out.mesh) == 2 and out.mesh.colors[0].shape == out.mesh.vertices[0].shape
     assert out["coarse"] is out.coarse_points
     path = out.mesh.save(tmp_path / "lamp.glb")
@@ -42,7 +43,7 @@ def test_image_to_3d_from_a_render_file(pipe, tmp_path) -> None:
     save_png(World("test")[0].render(size=64), tmp_path / "view.png")
     image_pipe = ImageTo3D(pipe.cascade)
     out = image_pipe(tmp_path / "view.png", seed=0, steps=2, stop_at="coarse", progress=False)
-    assert out.coarse_points.coords.shape == (1, 1024, 3)
+    assert out.coarse_points.coords.shape == (1, pipe.cascade.stages["coarse"].config.num_points, 3)
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(InputError, match="cannot be read as an image"):
         image_pipe(tmp_path / "bad.png", steps=2, progress=False)
