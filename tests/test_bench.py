@@ -30,3 +30,28 @@ def test_bench_bad_arguments(tmp_path, capsys) -> None:
     assert main(["bench", "--batches", "0"]) == 2
     assert main(["bench", "--out", str(tmp_path / "no" / "b.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_compiled_sampling_matches_eager() -> None:
+    """``sampling.compile`` (torch.compile of the denoiser) gives the eager samples on the CPU."""
+    import shutil
+
+    import pytest
+    import torch
+
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("torch.compile on the CPU needs a C compiler")
+
+    from cdm3d.eval.bench import point_cascade, random_conditioning
+
+    cascade = point_cascade("tiny", "cpu")
+    cond = random_conditioning(cascade, 2)
+    settings = {"steps": 2}
+    eager = cascade.run(cond, stop_at="coarse", sampling={"coarse": settings}, progress=False).final
+    compiled = cascade.run(
+        cond, stop_at="coarse", sampling={"coarse": {**settings, "compile": True}}, progress=False
+    ).final
+    assert torch.allclose(eager.coords, compiled.coords, atol=1e-4)
+    assert "_compiled" in cascade.stages["coarse"].__dict__ and "_compiled" not in dict(
+        cascade.stages["coarse"].named_modules()
+    )
