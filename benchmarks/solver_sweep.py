@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from cdm3d.core import Cascade
 from cdm3d.eval.classifier import PointClassifier
 from cdm3d.eval.points_eval import fidelity, generate, prompts_per_category
+from cdm3d.eval.stages import point_stages
 
 DEFAULT_SETTINGS = [
     ("karras-heun", 64),
@@ -55,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.stages import load_builtin
 
     load_builtin()
-    full = Cascade.from_pretrained(args.model)
-    names = [n for n, s in full.stages.items() if s.produces == "PointClouds"]
-    cascade = Cascade([(n, full.stages[n]) for n in names], clip=full.clip)
+    cascade = point_stages(args.model)
+    names = cascade.names
     classifier = PointClassifier.load(args.classifier)
     prompts = prompts_per_category(args.per_category)
     cond = cascade.encode([p[1] for p in prompts])

@@ -62,15 +62,15 @@ def _bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from cdm3d.core.checkpoint import atomic_path
+    from cdm3d.core.checkpoint import atomic_path, check_parent
     from cdm3d.eval.bench import bench, compare_settings
     from cdm3d.stages import load_builtin
 
     device = _check_device(args.device)
     if any(b < 1 for b in args.batches) or args.repeats < 1:
         raise InputError("--batches and --repeats must be positive")
-    if args.out is not None and not args.out.parent.is_dir():
-        raise InputError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+    if args.out is not None:
+        check_parent(args.out)
     load_builtin()
     settings: dict = {"compile": args.compile, "autocast": not args.no_autocast}
     if args.scheduler:
@@ -79,13 +79,7 @@ def _bench(args: argparse.Namespace) -> int:
         settings["steps"] = args.steps
     results = []
     for geometry in args.geometry:
-        sampling = {"coarse": dict(settings), "upsample": dict(settings)}
-        if Path(geometry).is_dir():
-            from cdm3d.eval.bench import point_cascade
-
-            names = list(point_cascade(geometry, "cpu").stages)
-            sampling = {n: dict(settings) for n in names}
-        result = bench(geometry, device, tuple(args.batches), args.repeats, sampling)
+        result = bench(geometry, device, tuple(args.batches), args.repeats, settings)
         if args.compare:
             base = {k: v for k, v in settings.items() if k not in ("compile", "autocast")}
             result["compare"] = compare_settings(
@@ -118,7 +112,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from cdm3d.core.checkpoint import atomic_path
+    from cdm3d.core.checkpoint import atomic_path, check_parent
     from cdm3d.eval.points_eval import evaluate_points
     from cdm3d.stages import load_builtin
 
@@ -126,8 +120,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise InputError("--per-category and --batch must be positive")
     if not args.classifier.is_file():
         raise InputError(f"classifier weights not found: {args.classifier} (train one with tools/train_classifier.py)")
-    if args.out is not None and not args.out.parent.is_dir():
-        raise InputError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+    if args.out is not None:
+        check_parent(args.out)
     load_builtin()
     settings = {k: v for k, v in (("scheduler", args.scheduler), ("steps", args.steps)) if v is not None}
     report = evaluate_points(

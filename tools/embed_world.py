@@ -23,12 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     from cdm3d.core import ClipEncoder
+    from cdm3d.core.checkpoint import check_parent
     from cdm3d.errors import Cdm3dError, one_line
     from cdm3d.training.data.points import build_world_embeddings
 
     try:
-        if not args.out.parent.is_dir():
-            raise Cdm3dError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+        check_parent(args.out)
         clip = ClipEncoder.load(args.clip)
         build_world_embeddings(clip, args.split, args.objects, args.out, args.text_variants, args.image_views)
     except Cdm3dError as err:

@@ -21,13 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     from cdm3d.core import ClipEncoder
-    from cdm3d.core.checkpoint import write_text
+    from cdm3d.core.checkpoint import check_parent, write_text
     from cdm3d.errors import Cdm3dError, one_line
     from cdm3d.eval.clip_eval import evaluate_clip
 
     try:
-        if not args.out.parent.is_dir():
-            raise Cdm3dError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+        check_parent(args.out)
         report = evaluate_clip(ClipEncoder.load(args.clip), args.objects)
         report["weights"] = str(args.clip)
         write_text(args.out, json.dumps(report, indent=2))

@@ -41,8 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from cdm3d.core.checkpoint import write_text
-    from cdm3d.errors import InputError
+    from cdm3d.core.checkpoint import check_parent, write_text
     from cdm3d.eval.classifier import train_classifier, world_labels
     from cdm3d.training.data.points import build_geometry
 
@@ -53,8 +52,7 @@ def _run(args: argparse.Namespace) -> int:
         points = build_geometry("train", args.objects, args.points, cache, args.workers)
     cats, cols = world_labels("train", args.objects)
     model = train_classifier(points, cats, cols, steps=args.steps, device=args.device)
-    if not args.out.parent.is_dir():
-        raise InputError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+    check_parent(args.out)
     model.save(args.out)
     # Accuracy on held-out world objects (the "val" split).
     val_cache = args.cache_dir / f"world-val-{args.eval_objects}x{args.points}.npy"

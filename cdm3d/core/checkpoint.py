@@ -29,6 +29,16 @@ FORMAT_VERSION = "1"
 _PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
+def check_parent(path: str | Path) -> Path:
+    """Refuse, before any work, a file whose folder is missing or not writable (:class:`StorageError`)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise StorageError(f"cannot write {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise StorageError(f"cannot write {path}: folder {path.parent} is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` on success only.
@@ -37,14 +47,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     file under ``path``: whatever was there before stays as it was. An ``OSError``
     becomes a :class:`StorageError` naming the file.
     """
-    path = Path(path)
-    parent = path.parent
-    if not parent.is_dir():
-        raise StorageError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise StorageError(f"cannot write {path}: folder {parent} is not writable")
+    path = check_parent(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise StorageError(f"cannot write {path}: {err.strerror or err}") from None
     os.close(fd)

@@ -96,9 +96,9 @@ def point_cascade(geometry: str | Path, device: str) -> Cascade:
     path = Path(geometry)
     if not path.is_dir():
         raise InputError(f"unknown geometry {geometry!r}: use {', '.join(GEOMETRIES)} or a cascade folder")
-    full = Cascade.from_pretrained(path, load_clip=False)
-    names = [n for n, s in full.stages.items() if s.produces == "PointClouds"]
-    return Cascade([(n, full.stages[n]) for n in names]).to(device)
+    from cdm3d.eval.stages import point_stages
+
+    return point_stages(path, load_clip=False).to(device)
 
 
 def random_conditioning(cascade: Cascade, batch: int) -> Conditioning:
@@ -114,7 +114,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1) -> list[float]:
+def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -124,7 +124,7 @@ def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, w
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return times
+    return statistics.median(times)
 
 
 def denoiser_flops(stage: Any, batch: int, device: torch.device) -> tuple[float, Callable[[], Any]]:
@@ -174,15 +174,18 @@ def bench(
     device: str = "cpu",
     batches: tuple[int, ...] = (1, 8),
     repeats: int = 3,
-    sampling: dict[str, dict[str, Any]] | None = None,
+    overrides: dict[str, Any] | None = None,
     flops_batch: int | None = None,
 ) -> dict[str, Any]:
-    """Every figure for one geometry on one device, as a JSON-ready dict."""
+    """Every figure for one geometry on one device, as a JSON-ready dict.
+
+    ``overrides`` (solver, steps, autocast, compile, ...) apply to every stage.
+    """
     dev = torch.device(device)
     cascade = point_cascade(geometry, device)
-    sampling = sampling or {}
-    names = list(cascade.stages)
-    settings = {n: cascade.stages[n].resolve_sampling(sampling.get(n)).model_dump() for n in names}
+    names = cascade.names
+    sampling = {n: dict(overrides or {}) for n in names}
+    settings = {n: cascade.stages[n].resolve_sampling(sampling[n]).model_dump() for n in names}
     result: dict[str, Any] = {
         "geometry": str(geometry),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or 'x86'})",
@@ -199,12 +202,12 @@ def bench(
     per_stage = {}
     for i, name in enumerate(names):
         kwargs = {"start_at": name, "stop_at": name, "init": coarse_out if i else None}
-        times = _median_seconds(
+        seconds = _median_seconds(
             lambda kw=kwargs: cascade.run(cond1, sampling=sampling, progress=False, **kw), dev, repeats
         )
-        per_stage[name] = round(statistics.median(times), 4)
+        per_stage[name] = round(seconds, 4)
     end_to_end = _median_seconds(lambda: cascade.run(cond1, sampling=sampling, progress=False), dev, repeats)
-    result["latency_batch1_s"] = {**per_stage, "end_to_end": round(statistics.median(end_to_end), 4)}
+    result["latency_batch1_s"] = {**per_stage, "end_to_end": round(end_to_end, 4)}
 
     # Throughput and peak memory per batch size.
     throughput = {}
@@ -213,7 +216,7 @@ def bench(
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         try:
-            times = _median_seconds(
+            seconds = _median_seconds(
                 lambda c=cond: cascade.run(c, sampling=sampling, progress=False), dev, repeats, warmup=1
             )
         except torch.OutOfMemoryError:
@@ -221,8 +224,8 @@ def bench(
             torch.cuda.empty_cache()
             continue
         entry = {
-            "seconds": round(statistics.median(times), 4),
-            "samples_per_s": round(batch / statistics.median(times), 4),
+            "seconds": round(seconds, 4),
+            "samples_per_s": round(batch / seconds, 4),
         }
         if dev.type == "cuda":
             entry["peak_memory_GiB"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
@@ -241,12 +244,12 @@ def bench(
         stage = cascade.stages[name]
         guided_batch = fb * (2 if settings[name]["guidance_scale"] not in (0.0, 1.0) else 1)
         flops, forward = denoiser_flops(stage, guided_batch, dev)
-        times = _median_seconds(forward, dev, max(repeats, 5), warmup=2)
-        tflops = flops / statistics.median(times) / 1e12
+        seconds = _median_seconds(forward, dev, max(repeats, 5), warmup=2)
+        tflops = flops / seconds / 1e12
         result["denoiser"][name] = {
             "batch": guided_batch,
             "GFLOP_per_forward": round(flops / 1e9, 2),
-            "forward_s": round(statistics.median(times), 5),
+            "forward_s": round(seconds, 5),
             "TFLOPs": round(tflops, 3),
             "fraction_of_dense_bf16_peak": None if peak is None else round(tflops / peak, 4),
         }
@@ -264,7 +267,7 @@ def compare_settings(
     out = {}
     for label, settings in (("baseline", baseline), ("optimised", optimised)):
         per_stage = {n: dict(settings) for n in cascade.stages}
-        times = _median_seconds(lambda p=per_stage: cascade.run(cond, sampling=p, progress=False), dev, repeats)
-        out[label] = {"settings": settings, "seconds": round(statistics.median(times), 4)}
+        seconds = _median_seconds(lambda p=per_stage: cascade.run(cond, sampling=p, progress=False), dev, repeats)
+        out[label] = {"settings": settings, "seconds": round(seconds, 4)}
     out["speedup"] = round(out["baseline"]["seconds"] / out["optimised"]["seconds"], 3)
     return out

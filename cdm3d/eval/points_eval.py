@@ -167,11 +167,11 @@ def evaluate_points(
     every point stage, ``guidance`` to the first.
     """
     from cdm3d.core import load_stage
+    from cdm3d.eval.stages import point_stages
 
     torch.manual_seed(0)
-    full = Cascade.from_pretrained(model)
-    names = [n for n, s in full.stages.items() if s.produces == "PointClouds"]
-    cascade = Cascade([(n, full.stages[n]) for n in names], clip=full.clip)
+    cascade = point_stages(model)
+    names = cascade.names
     sampling = {n: dict(overrides or {}) for n in names}
     if guidance is not None:
         sampling[names[0]]["guidance_scale"] = guidance

@@ -20,6 +20,7 @@ from cdm3d.core.config import StrictConfig, load_yaml, validate
 from cdm3d.data.world import World, caption_of
 from cdm3d.errors import ConfigError, StorageError, TrainingError
 from cdm3d.render import Camera
+from cdm3d.training.trainer import truncate_log
 
 
 class ClipDataConfig(StrictConfig):
@@ -162,7 +163,7 @@ def train_clip(recipe: ClipRecipe, out: Path, resume: bool = True, progress: boo
     if state is not None and "generator" in state:  # the exact random streams of the interrupted run
         g.set_state(state["generator"])
         rng.setstate(_tuples(state["rng"]))
-    _truncate_rows(out / "log.csv", step)
+    truncate_log(out / "log.csv", step)
     log = (out / "log.csv").open("a")
     bad_steps = 0
     bar = tqdm(total=recipe.train.steps, initial=step, desc="clip", disable=not progress)
@@ -225,13 +226,3 @@ def train_clip(recipe: ClipRecipe, out: Path, resume: bool = True, progress: boo
 def _tuples(value):
     """``random.Random`` state back from its saved form (tuples may come back as lists)."""
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def _truncate_rows(path: Path, step: int) -> None:
-    """Drop ``step,...`` log rows past ``step`` (logged after the checkpoint a resumed run starts from)."""
-    if not path.exists():
-        return
-    rows = [
-        r for r in path.read_text().splitlines() if r.split(",", 1)[0].isdigit() and int(r.split(",", 1)[0]) <= step
-    ]
-    write_text(path, "".join(f"{r}\n" for r in rows))

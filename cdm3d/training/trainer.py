@@ -253,7 +253,7 @@ class Trainer:
             write_text(self.out / "recipe.json", self.recipe.model_dump_json(indent=2))
         writer = _tensorboard(self.out) if self.rank == 0 else None
         if self.rank == 0:
-            _truncate_log(self.out / "log.csv", self.step)
+            truncate_log(self.out / "log.csv", self.step)
         log = (self.out / "log.csv").open("a") if self.rank == 0 else None
         if log is not None and log.tell() == 0:
             log.write("step,loss,lr,seconds\n")
@@ -303,14 +303,17 @@ class Trainer:
             )
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows past ``step`` (written after the checkpoint a resumed run starts from)."""
+def truncate_log(path: Path, step: int) -> None:
+    """Drop ``step,...`` rows past ``step`` (logged after the checkpoint a resumed run starts from).
+
+    A header line (one not starting with a step number) is kept; so are rows up to ``step``.
+    """
     if not path.exists():
         return
     lines = path.read_text().splitlines()
-    kept = [line for line in lines[1:] if line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) <= step]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines[:1] + kept) + "\n")
+    header = lines[:1] if lines and not lines[0].split(",", 1)[0].isdigit() else []
+    kept = [line for line in lines if line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) <= step]
+    write_text(path, "".join(f"{line}\n" for line in header + kept))
 
 
 def _comparable(recipe: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,18 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdm3d.core.checkpoint import atomic_path
-from cdm3d.errors import InputError, StorageError
+from cdm3d.core.checkpoint import atomic_path, check_parent
+from cdm3d.errors import InputError
 
 POINT_FORMATS = (".ply", ".npz")
 
 
 def check_writable(path: Path, force: bool) -> None:
     """Refuse to write into a missing folder, or over an existing file without ``force``."""
-    if not path.parent.is_dir():
-        raise StorageError(f"cannot write {path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise StorageError(f"cannot write {path}: folder {path.parent} is not writable")
+    check_parent(path)
     if path.is_dir():
         raise InputError(f"cannot write {path}: it is a folder; give a file name")
     if path.exists() and not force:
