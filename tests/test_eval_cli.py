@@ -46,3 +46,39 @@ def test_assemble_cascade_sets_default_sampling(tmp_path, capsys) -> None:
     assert (sampling.scheduler, sampling.steps) == ("unipc", 7)
     assert assemble_cascade.main([*argv[:-2], "--sampling", "coarse.steps=zero", "--out", str(tmp_path / "d")]) == 2
     assert "sampling.steps" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_eval_meshes_writes_fidelity_watertightness_and_chamfer(tmp_path) -> None:
+    import yaml
+
+    from cdm3d.core import build_stage
+
+    tiny = point_cascade("tiny", "cpu")
+    sdf = {
+        "type": "mesh.sdf",
+        "embed_dim": 128,
+        "input_points": 64,
+        "network": {"width": 16, "encoder_layers": 1, "decoder_layers": 1, "heads": 2},
+        "sampling": {"grid": 16},
+    }
+    stages = [*tiny.stages.items(), ("mesh", build_stage(sdf))]
+    Cascade(stages, clip=ClipEncoder.default()).save_pretrained(tmp_path / "tiny")
+    (tmp_path / "poisson.yaml").write_text(yaml.safe_dump({"type": "mesh.poisson", "depth": 5}))
+    out = tmp_path / "mesh.json"
+    argv = ["eval", "--meshes", "--model", str(tmp_path / "tiny"), "--per-category", "1", "--batch", "13"]
+    assert main([*argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["prompts"] == 13 and report["mesh_stage"]["type"] == "mesh.sdf"
+    for row in ("pipeline", "ground_truth_clouds", "poisson_pipeline"):
+        r = report[row]
+        assert r["meshes"] == 13 and 0 <= r["failed"] <= 13
+        assert 0 <= r["category_fidelity"] <= 1 and len(r["category_fidelity_per_category"]) == 13
+        if r["failed"] < 13:
+            assert r["chamfer_to_ground_truth_mean"] > 0 and 0 <= r["watertight_fraction"] <= 1
+    for row in ("pipeline", "ground_truth_clouds"):  # marching cubes on a padded grid: closed surfaces
+        assert report[row]["failed"] == 13 or report[row]["watertight_fraction"] == 1.0
+    out2 = tmp_path / "poisson.json"
+    argv2 = [*argv, "--mesh-stage", str(tmp_path / "poisson.yaml"), "--out", str(out2)]
+    assert main(argv2) == 0
+    report = json.loads(out2.read_text())
+    assert report["mesh_stage"]["type"] == "mesh.poisson" and "poisson_pipeline" not in report

@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.errors import Cdm3dError, one_line
 
     try:
-        import cdm3d.training.data.points  # noqa: F401  (registers the data source)
         from cdm3d.stages import load_builtin
 
         load_builtin()

@@ -17,6 +17,8 @@ from cdm3d.core.stage import (
     SamplingConfig,
     Stage,
     StageConfig,
+    TrainableStage,
+    TrainableStageConfig,
 )
 from cdm3d.core.stage_io import build_stage, load_stage, save_stage
 
@@ -34,6 +36,8 @@ __all__ = [
     "Stage",
     "StageConfig",
     "StrictConfig",
+    "TrainableStage",
+    "TrainableStageConfig",
     "build_stage",
     "load_stage",
     "load_yaml",

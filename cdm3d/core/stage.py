@@ -94,6 +94,78 @@ class Stage(nn.Module, ABC):
         """This stage's output for a batch (``cond.batch_size`` examples)."""
 
 
+class TrainableStageConfig(StageConfig):
+    """Config of a stage with a network conditioned on CLIP tokens."""
+
+    # Conditioning slots the network reads, one token each, in this order.
+    cond_keys: list[str] = ["text"]
+    embed_dim: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> TrainableStageConfig:
+        if not self.cond_keys or len(set(self.cond_keys)) != len(self.cond_keys):
+            raise ValueError(f"cond_keys must be non-empty and distinct, got {self.cond_keys}")
+        return self
+
+
+class TrainableStage(Stage):
+    """A stage with weights that the generic trainer (``tools/train.py``) can train.
+
+    ``net`` is the module the trainer wraps for data parallelism; :meth:`loss`
+    takes a batch as the recipe's data source makes it. The network reads one
+    CLIP token per slot of ``config.cond_keys``.
+    """
+
+    Config: ClassVar[type[StageConfig]] = TrainableStageConfig
+    config: TrainableStageConfig
+    net: nn.Module
+
+    def _embeddings(self, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(emb, null_emb)``, each ``[B, K, D]`` on the stage's device."""
+        if not isinstance(cond, Conditioning):
+            raise InputError(f"stage '{self.name}' needs a Conditioning, got {type(cond).__name__}")
+        if cond.dim != self.config.embed_dim:
+            raise InputError(
+                f"stage '{self.name}' expects {self.config.embed_dim}-d CLIP embeddings, got {cond.dim}-d; "
+                "use the CLIP encoder this stage was trained with"
+            )
+        device = self.device
+        return (
+            cond.stack(self.config.cond_keys).to(device, torch.float32),
+            cond.null_stack(self.config.cond_keys).to(device, torch.float32),
+        )
+
+    @abstractmethod
+    def loss(
+        self,
+        x0: torch.Tensor,
+        cond: Conditioning,
+        cond_input: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        part: tuple[int, int] | None = None,
+        net: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """The training loss of a batch.
+
+        Args:
+            x0: ``[B, ...]`` training targets.
+            cond: the batch's conditioning.
+            cond_input: ``[B, ...]`` clean conditioning input (the previous output), if the stage consumes one.
+            generator: the source of every random draw, on the CPU, for the whole batch.
+            part: ``(rank, world_size)``: draw the randomness for the whole batch, compute the loss on this
+                rank's equal slice (data-parallel ranks together compute the single-process loss).
+            net: the network to call instead of ``self.net`` (its DDP wrapper).
+        """
+
+
+def split_part(batch: int, part: tuple[int, int]) -> slice:
+    """This rank's slice of a batch split evenly over data-parallel processes."""
+    rank, world = part
+    if batch % world:
+        raise InputError(f"batch {batch} does not split evenly over {world} processes")
+    return slice(rank * batch // world, (rank + 1) * batch // world)
+
+
 class SamplingConfig(StrictConfig):
     """Sampling-time settings of a diffusion stage (each can be overridden per call)."""
 
@@ -120,25 +192,20 @@ class DiffusionConfig(StrictConfig):
     augmentation: AugmentationConfig = AugmentationConfig()
 
 
-class DiffusionStageConfig(StageConfig):
+class DiffusionStageConfig(TrainableStageConfig):
     """Config of a diffusion stage; plugins add ``network`` and shape fields."""
 
-    # Conditioning slots the network reads, one token each, in this order.
-    cond_keys: list[str] = ["text"]
-    embed_dim: int = Field(512, ge=1)
     diffusion: DiffusionConfig = DiffusionConfig()
     sampling: SamplingConfig = SamplingConfig()
 
     @model_validator(mode="after")
-    def _check_common(self) -> DiffusionStageConfig:
-        if not self.cond_keys or len(set(self.cond_keys)) != len(self.cond_keys):
-            raise ValueError(f"cond_keys must be non-empty and distinct, got {self.cond_keys}")
+    def _check_steps(self) -> DiffusionStageConfig:
         if self.sampling.steps > self.diffusion.schedule.num_train_timesteps:
             raise ValueError("sampling.steps exceeds diffusion.schedule.num_train_timesteps")
         return self
 
 
-class DiffusionStage(Stage):
+class DiffusionStage(TrainableStage):
     """A generic diffusion stage.
 
     The network contract (every plugin's denoiser)::
@@ -202,20 +269,6 @@ class DiffusionStage(Stage):
         scheduler = make_scheduler(s.scheduler, self.config.diffusion.schedule)
         scheduler.set_timesteps(s.steps)
         return scheduler
-
-    def _embeddings(self, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(cond, Conditioning):
-            raise InputError(f"stage '{self.name}' needs a Conditioning, got {type(cond).__name__}")
-        if cond.dim != self.config.embed_dim:
-            raise InputError(
-                f"stage '{self.name}' expects {self.config.embed_dim}-d CLIP embeddings, got {cond.dim}-d; "
-                "use the CLIP encoder this stage was trained with"
-            )
-        device = self.device
-        return (
-            cond.stack(self.config.cond_keys).to(device, torch.float32),
-            cond.null_stack(self.config.cond_keys).to(device, torch.float32),
-        )
 
     def _checked_condition(self, prev: Any, batch: int) -> torch.Tensor | None:
         c = self.condition_input(prev)
@@ -312,10 +365,7 @@ class DiffusionStage(Stage):
             level = draw_levels(self.config.diffusion.augmentation, batch, generator).to(device)
             cond_input = noise_condition(cond_input, level, generator)
         if part is not None:
-            rank, world = part
-            if batch % world:
-                raise InputError(f"batch {batch} does not split evenly over {world} processes")
-            sl = slice(rank * batch // world, (rank + 1) * batch // world)
+            sl = split_part(batch, part)
             x0, noise, t, emb = x0[sl], noise[sl], t[sl], emb[sl]
             cond_input = None if cond_input is None else cond_input[sl]
             level = None if level is None else level[sl]

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from cdm3d.core import DiffusionStage
+from cdm3d.core import TrainableStage
 from cdm3d.core.checkpoint import atomic_path, write_text
 from cdm3d.core.config import StrictConfig, load_yaml, validate
 from cdm3d.core.stage_io import build_stage, save_stage
 from cdm3d.errors import ConfigError, StorageError, TrainingError
-from cdm3d.training.data import DATASETS
+from cdm3d.training.data import DATASETS, load_builtin
 
 STATE_FILE = "state.pt"
 WEIGHTS_FILE = "stage.safetensors"
@@ -98,11 +98,12 @@ class Trainer:
         self.rank, self.world = _dist()
         torch.manual_seed(recipe.train.seed)
         self.stage = build_stage(recipe.stage, "recipe stage")
-        if not isinstance(self.stage, DiffusionStage):
+        if not isinstance(self.stage, TrainableStage):
             raise ConfigError(f"stage type {recipe.stage['type']!r} has nothing to train")
         data_type = recipe.data.get("type")
         if not isinstance(data_type, str):
             raise ConfigError("the recipe's data section needs a 'type'")
+        load_builtin()
         data_cfg_cls, data_cls = DATASETS.get(data_type)
         self.data = data_cls(validate(data_cfg_cls, recipe.data, "recipe data"), self.stage)
         self.stage.to(self.device).train()

@@ -3,3 +3,9 @@
 from cdm3d.core.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
+
+
+def load_builtin() -> None:
+    """Register the built-in sources (``world.points``, ``shards.points``, ``world.sdf``)."""
+    import cdm3d.training.data.points
+    import cdm3d.training.data.sdf  # noqa: F401

@@ -139,6 +139,11 @@ class PointCloudData:
         else:
             cond_input = pts[:, : cfg.coarse_points]
             x0 = pts[:, cfg.coarse_points : cfg.coarse_points + cfg.num_points]
+        return x0, self.conditioning(idx, generator), cond_input
+
+    def conditioning(self, idx: torch.Tensor, generator: torch.Generator) -> Conditioning:
+        """The conditioning of examples ``idx``: a random caption variant, or (``image_prob``) a random view."""
+        size, cfg = len(idx), self.stage.config
         text = self.text[idx, torch.randint(0, self.text.shape[1], (size,), generator=generator)].float()
         use_image = torch.rand(size, generator=generator) < self.image_prob
         embeddings = {"text": text}
@@ -147,7 +152,7 @@ class PointCloudData:
             image = self.image[idx, torch.randint(0, self.image.shape[1], (size,), generator=generator)].float()
             embeddings["text"] = torch.where(use_image[:, None], self.null_text.expand(size, -1), text)
             embeddings["image"] = torch.where(use_image[:, None], image, torch.zeros_like(image))
-        return x0, Conditioning(embeddings, null), cond_input
+        return Conditioning(embeddings, null)
 
 
 class WorldPointsData(PointCloudData):
@@ -157,33 +162,58 @@ class WorldPointsData(PointCloudData):
         self.config = config
         self.stage = stage
         self.image_prob = config.image_prob
-        tensors, meta = load_tensors(config.embeddings)
-        if meta.get("cdm3d.kind") != "embeddings" or "text" not in tensors or "null_text" not in tensors:
-            raise InputError(f"{config.embeddings} is not a cdm3d embeddings file (make one with tools/embed_world.py)")
-        if meta.get("split") != config.split:
-            raise InputError(f"embeddings {config.embeddings} are of split {meta.get('split')!r}, not {config.split!r}")
-        self.text = tensors["text"]
-        self.image = tensors.get("image")
-        self.null_text = tensors["null_text"].float()
-        if len(self.text) < config.objects:
-            raise InputError(
-                f"embeddings {config.embeddings} cover {len(self.text)} objects, fewer than {config.objects}"
-            )
-        cache = Path(config.cache_dir) / f"world-{config.split}-{config.objects}x{config.points}.npy"
-        self.points = None
-        if cache.exists():
-            try:
-                self.points = torch.from_numpy(np.load(cache, allow_pickle=False))
-            except (OSError, ValueError) as err:  # a damaged cache is rebuilt, never half-read
-                import warnings
-
-                warnings.warn(f"geometry cache {cache} is unreadable ({err}); rebuilding it", stacklevel=2)
-        if self.points is None or self.points.shape[1:] != (config.points, 6) or len(self.points) < config.objects:
-            self.points = build_geometry(config.split, config.objects, config.points, cache, config.workers)
-        self.text, self.points = self.text[: config.objects], self.points[: config.objects]
-        if self.image is not None:
-            self.image = self.image[: config.objects]
+        self.text, self.image, self.null_text = load_embeddings(config.embeddings, config.split, config.objects)
+        self.points = load_geometry(config.split, config.objects, config.points, config.cache_dir, config.workers)
         self._check_sizes()
+
+
+def load_embeddings(path: str, split: str, objects: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(text [M, V, D], image [M, R, D] | None, null_text [D])`` of the first ``objects`` objects of a split."""
+    tensors, meta = load_tensors(path)
+    if meta.get("cdm3d.kind") != "embeddings" or "text" not in tensors or "null_text" not in tensors:
+        raise InputError(f"{path} is not a cdm3d embeddings file (make one with tools/embed_world.py)")
+    if meta.get("split") != split:
+        raise InputError(f"embeddings {path} are of split {meta.get('split')!r}, not {split!r}")
+    text, image = tensors["text"], tensors.get("image")
+    if len(text) < objects:
+        raise InputError(f"embeddings {path} cover {len(text)} objects, fewer than {objects}")
+    return text[:objects], None if image is None else image[:objects], tensors["null_text"].float()
+
+
+def _read_cache(path: Path, objects: int, tail: tuple[int, ...]) -> torch.Tensor | None:
+    """The first ``objects`` rows of a ``[M, *tail]`` cache file, or None if it is damaged or does not fit."""
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError) as err:  # a damaged cache is rebuilt, never half-read
+        import warnings
+
+        warnings.warn(f"cache {path} is unreadable ({err}); rebuilding it", stacklevel=3)
+        return None
+    if arr.shape[1:] != tail or len(arr) < objects:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(arr[:objects]))
+
+
+def cached_objects(cache_dir: str, name: str, objects: int, tail: tuple[int, ...]) -> torch.Tensor | None:
+    """Rows of a cache ``{name}-{M}x{tail[0]}.npy`` with ``M >= objects`` (the smallest that reads), or None."""
+    found = []
+    for path in Path(cache_dir).glob(f"{name}-*x{tail[0]}.npy"):
+        count = path.name[len(name) + 1 :].split("x", 1)[0]
+        if count.isdigit() and int(count) >= objects:
+            found.append((int(count), path))
+    for _, path in sorted(found):
+        got = _read_cache(path, objects, tail)
+        if got is not None:
+            return got
+    return None
+
+
+def load_geometry(split: str, objects: int, points: int, cache_dir: str, workers: int) -> torch.Tensor:
+    """``[objects, points, 6]`` float16 surface clouds, from a cache (any covering one) or built and cached."""
+    found = cached_objects(cache_dir, f"world-{split}", objects, (points, 6))
+    if found is not None:
+        return found
+    return build_geometry(split, objects, points, Path(cache_dir) / f"world-{split}-{objects}x{points}.npy", workers)
 
 
 DATASETS.register("world.points")((WorldPointsConfig, WorldPointsData))

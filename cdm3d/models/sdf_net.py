@@ -1,0 +1,123 @@
+"""A point-cloud encoder and a query decoder that predicts signed distance, in the manner of Point-E's SDF model.
+
+The encoder is a transformer over the input points (xyz and rgb, Fourier
+features of xyz, no positional encoding: permutation-equivariant) plus one
+token per CLIP slot. The decoder embeds each query point the same way and
+cross-attends to the encoder's tokens; a small MLP reads out the distance.
+Queries are independent of each other, so a grid is decoded in chunks of any
+size, on the CPU or batched on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from cdm3d.core.config import StrictConfig
+from cdm3d.models.point_transformer import Block
+
+
+class SDFNetConfig(StrictConfig):
+    width: int = Field(96, ge=8)
+    encoder_layers: int = Field(3, ge=1)
+    decoder_layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    # Octaves of sin/cos features of xyz: 2^0 ... 2^(fourier - 1) times pi.
+    fourier: int = Field(6, ge=0, le=12)
+
+    @model_validator(mode="after")
+    def _check(self) -> SDFNetConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        return self
+
+
+def fourier_features(xyz: torch.Tensor, octaves: int) -> torch.Tensor:
+    """``[..., 3]`` -> ``[..., 3 + 6 * octaves]``: xyz, then sin and cos of ``2^k pi xyz``."""
+    if octaves == 0:
+        return xyz
+    freqs = math.pi * 2.0 ** torch.arange(octaves, device=xyz.device, dtype=xyz.dtype)
+    angles = (xyz[..., None] * freqs).flatten(-2)
+    return torch.cat([xyz, torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class CrossBlock(nn.Module):
+    """Queries attend to a fixed set of context tokens, then an MLP (pre-norm residual)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln_q = nn.LayerNorm(width)
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.proj = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def context(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[B, H, L, W/H]`` of normalised context tokens (computed once per cloud)."""
+        b, n, w = ctx.shape
+        kv = self.kv(ctx).view(b, n, 2, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        b, n, w = x.shape
+        q = self.q(self.ln_q(x)).view(b, n, self.heads, w // self.heads).transpose(1, 2)
+        attn = F.scaled_dot_product_attention(q, kv[0], kv[1])
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, n, w))
+        return x + self.mlp(self.ln2(x))
+
+
+class PointSDFNet(nn.Module):
+    """Signed distance at query points given a coloured point cloud and CLIP tokens.
+
+    Forward::
+
+        points [B, N, 6] (xyz, rgb in [-1, 1]), emb [B, K, D], queries [B, Q, 3] -> sdf [B, Q]
+
+    :meth:`encode` and :meth:`decode` split the two halves, so a grid of queries
+    is decoded chunk by chunk against one encoding.
+    """
+
+    def __init__(self, config: SDFNetConfig, embed_dim: int, num_tokens: int, channels: int = 6) -> None:
+        super().__init__()
+        w, feats = config.width, 3 + 6 * config.fourier
+        self.octaves = config.fourier
+        self.point_proj = nn.Linear(feats + channels - 3, w)
+        self.clip_proj = nn.Linear(embed_dim, w)
+        self.slot_embed = nn.Parameter(torch.randn(num_tokens, w) * 0.02)
+        self.ln_pre = nn.LayerNorm(w)
+        self.encoder = nn.ModuleList(Block(w, config.heads, config.mlp_ratio) for _ in range(config.encoder_layers))
+        self.ln_ctx = nn.LayerNorm(w)
+        self.query_proj = nn.Linear(feats, w)
+        self.decoder = nn.ModuleList(
+            CrossBlock(w, config.heads, config.mlp_ratio) for _ in range(config.decoder_layers)
+        )
+        self.ln_out = nn.LayerNorm(w)
+        self.head = nn.Linear(w, 1)
+
+    def encode(self, points: torch.Tensor, emb: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per decoder layer, the keys and values of the encoded cloud."""
+        xyz, rest = points[..., :3], points[..., 3:]
+        h = self.point_proj(torch.cat([fourier_features(xyz, self.octaves), rest], dim=-1))
+        tokens = self.clip_proj(emb.to(h.dtype)) + self.slot_embed
+        h = self.ln_pre(torch.cat([tokens, h], dim=1))
+        for block in self.encoder:
+            h = block(h)
+        ctx = self.ln_ctx(h)
+        return [layer.context(ctx) for layer in self.decoder]
+
+    def decode(self, kv: list[tuple[torch.Tensor, torch.Tensor]], queries: torch.Tensor) -> torch.Tensor:
+        h = self.query_proj(fourier_features(queries, self.octaves))
+        for layer, layer_kv in zip(self.decoder, kv):
+            h = layer(h, layer_kv)
+        return self.head(self.ln_out(h))[..., 0]
+
+    def forward(self, points: torch.Tensor, emb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(points, emb), queries)
