@@ -33,9 +33,9 @@ class AnalyticNet(torch.nn.Module):
         self.calls = 0
 
     def encode(self, points, emb):
-        return [(points[:, :1, :1, None], points[:, :1, :1, None])]
+        return {"xyz": points[..., :3]}
 
-    def decode(self, kv, q):
+    def decode(self, enc, q):
         self.calls += q.shape[0] * q.shape[1]
         ball = (q - torch.tensor([0.3, 0.0, 0.0])).norm(dim=-1) - 0.35
         rod = (q[..., [0, 2]] - torch.tensor([-0.5, 0.0])).norm(dim=-1) - 0.06

@@ -3,7 +3,10 @@
 The encoder is a transformer over the input points (xyz and rgb, Fourier
 features of xyz, no positional encoding: permutation-equivariant) plus one
 token per CLIP slot. The decoder embeds each query point the same way and
-cross-attends to the encoder's tokens; a small MLP reads out the distance.
+attends either to its k nearest encoded points, their offsets from the query
+as relative positions (``neighbours > 0``, the default: it learns in a few
+thousand CPU steps), or to every encoder token (global cross-attention, as
+Point-E's decoder); a small MLP reads out the distance.
 Queries are independent of each other, so a grid is decoded in chunks of any
 size, on the CPU or batched on a GPU.
 """
@@ -29,6 +32,9 @@ class SDFNetConfig(StrictConfig):
     mlp_ratio: float = Field(4.0, gt=0)
     # Octaves of sin/cos features of xyz: 2^0 ... 2^(fourier - 1) times pi.
     fourier: int = Field(6, ge=0, le=12)
+    # Each query attends to its k nearest encoded points, with their offsets as relative positions (fast to learn:
+    # distance is local); 0: to every encoder token (global cross-attention, as Point-E's decoder).
+    neighbours: int = Field(16, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> SDFNetConfig:
@@ -74,6 +80,33 @@ class CrossBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class LocalBlock(nn.Module):
+    """A query attends to its k nearest encoded points; keys and values carry the offset query - point."""
+
+    def __init__(self, width: int, octaves: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.octaves = octaves
+        self.ln_q = nn.LayerNorm(width)
+        self.q = nn.Linear(width, width)
+        self.rel = nn.Linear(3 + 6 * octaves + 1, width)
+        self.k = nn.Linear(width, width)
+        self.v = nn.Linear(width, width)
+        self.proj = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor, feats: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """``x [B, Q, W]``, neighbour features ``[B, Q, K, W]``, offsets ``[B, Q, K, 3]``."""
+        rel = torch.cat([fourier_features(offsets, self.octaves), offsets.norm(dim=-1, keepdim=True)], -1)
+        ctx = feats + self.rel(rel)
+        q = self.q(self.ln_q(x))
+        scores = torch.einsum("bqw,bqkw->bqk", q, self.k(ctx)) / math.sqrt(q.shape[-1])
+        attn = torch.einsum("bqk,bqkw->bqw", scores.softmax(-1), self.v(ctx))
+        x = x + self.proj(attn)
+        return x + self.mlp(self.ln2(x))
+
+
 class PointSDFNet(nn.Module):
     """Signed distance at query points given a coloured point cloud and CLIP tokens.
 
@@ -96,14 +129,23 @@ class PointSDFNet(nn.Module):
         self.encoder = nn.ModuleList(Block(w, config.heads, config.mlp_ratio) for _ in range(config.encoder_layers))
         self.ln_ctx = nn.LayerNorm(w)
         self.query_proj = nn.Linear(feats, w)
-        self.decoder = nn.ModuleList(
-            CrossBlock(w, config.heads, config.mlp_ratio) for _ in range(config.decoder_layers)
-        )
+        self.neighbours = config.neighbours
+        if config.neighbours:
+            self.decoder = nn.ModuleList(
+                LocalBlock(w, config.fourier, config.mlp_ratio) for _ in range(config.decoder_layers)
+            )
+        else:
+            self.decoder = nn.ModuleList(
+                CrossBlock(w, config.heads, config.mlp_ratio) for _ in range(config.decoder_layers)
+            )
         self.ln_out = nn.LayerNorm(w)
         self.head = nn.Linear(w, 1)
+        # Start at distance 0 everywhere (the loss starts at the trivial predictor's, not above it).
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
-    def encode(self, points: torch.Tensor, emb: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per decoder layer, the keys and values of the encoded cloud."""
+    def encode(self, points: torch.Tensor, emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The encoded cloud, every tensor batch-first: what :meth:`decode` reads for any number of queries."""
         xyz, rest = points[..., :3], points[..., 3:]
         h = self.point_proj(torch.cat([fourier_features(xyz, self.octaves), rest], dim=-1))
         tokens = self.clip_proj(emb.to(h.dtype)) + self.slot_embed
@@ -111,12 +153,29 @@ class PointSDFNet(nn.Module):
         for block in self.encoder:
             h = block(h)
         ctx = self.ln_ctx(h)
-        return [layer.context(ctx) for layer in self.decoder]
+        if self.neighbours:  # the point tokens (the CLIP tokens' information has reached them through attention)
+            return {"xyz": xyz, "feats": ctx[:, tokens.shape[1] :]}
+        out = {}
+        for i, layer in enumerate(self.decoder):
+            out[f"k{i}"], out[f"v{i}"] = layer.context(ctx)
+        return out
 
-    def decode(self, kv: list[tuple[torch.Tensor, torch.Tensor]], queries: torch.Tensor) -> torch.Tensor:
+    def decode(self, enc: dict[str, torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
+        """Signed distances ``[B, Q]`` at ``queries [B, Q, 3]``."""
         h = self.query_proj(fourier_features(queries, self.octaves))
-        for layer, layer_kv in zip(self.decoder, kv):
-            h = layer(h, layer_kv)
+        if self.neighbours:
+            xyz, feats = enc["xyz"], enc["feats"]
+            b, n, w = feats.shape
+            k = min(self.neighbours, n)
+            idx = torch.cdist(queries.float(), xyz.float()).topk(k, dim=-1, largest=False).indices  # [B, Q, K]
+            flat = (idx + n * torch.arange(b, device=idx.device).view(b, 1, 1)).reshape(-1)
+            nbr_feats = feats.reshape(b * n, w)[flat].view(*idx.shape, w)
+            offsets = queries[:, :, None] - xyz.reshape(b * n, 3)[flat].view(*idx.shape, 3)
+            for layer in self.decoder:
+                h = layer(h, nbr_feats, offsets)
+        else:
+            for i, layer in enumerate(self.decoder):
+                h = layer(h, (enc[f"k{i}"], enc[f"v{i}"]))
         return self.head(self.ln_out(h))[..., 0]
 
     def forward(self, points: torch.Tensor, emb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:

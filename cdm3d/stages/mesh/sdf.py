@@ -42,7 +42,7 @@ class SDFSamplingConfig(StrictConfig):
 
     grid: int = Field(64, ge=8, le=512)  # grid points a side
     refine: bool = True  # coarse-to-fine decoding (see the module docstring)
-    chunk: int = Field(65536, ge=256)  # queries per network call, summed over the batch
+    chunk: int = Field(16384, ge=256)  # queries per network call, summed over the batch
     autocast: bool = True  # bf16 on CUDA
     # Drop connected pieces with fewer than this fraction of the mesh's faces (the largest is always kept).
     min_component: float = Field(0.02, ge=0.0, lt=1.0)
@@ -114,29 +114,27 @@ class SDFMeshStage(TrainableStage):
         self.eval()
         try:
             with torch.autocast("cuda", torch.bfloat16, enabled=use_bf16):
-                kv = self.net.encode(points, emb)
-                return self._grid_values(kv, len(prev), s).float().cpu()
+                enc = self.net.encode(points, emb)
+                return self._grid_values(enc, len(prev), s).float().cpu()
         finally:
             self.train(was_training)
 
-    def _decode(self, kv: list[tuple[torch.Tensor, torch.Tensor]], queries: torch.Tensor, chunk: int) -> torch.Tensor:
+    def _decode(self, enc: dict[str, torch.Tensor], queries: torch.Tensor, chunk: int) -> torch.Tensor:
         """Distances ``[B, Q]`` at ``queries [B, Q, 3]``, ``chunk`` queries (over the batch) per call."""
         per_call = max(1, chunk // queries.shape[0])
-        out = [self.net.decode(kv, queries[:, i : i + per_call]) for i in range(0, queries.shape[1], per_call)]
+        out = [self.net.decode(enc, queries[:, i : i + per_call]) for i in range(0, queries.shape[1], per_call)]
         tau = self.config.truncation
         return torch.cat(out, 1).float().clamp(-tau, tau)
 
     def _axis(self, n: int) -> torch.Tensor:
         return torch.linspace(-self.config.bound, self.config.bound, n, device=self.device)
 
-    def _grid_values(
-        self, kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int, s: SDFSamplingConfig
-    ) -> torch.Tensor:
+    def _grid_values(self, enc: dict[str, torch.Tensor], batch: int, s: SDFSamplingConfig) -> torch.Tensor:
         g = s.grid
         if not s.refine or g < 16:
-            return self._decode(kv, _grid_points(self._axis(g), batch), s.chunk).view(batch, g, g, g)
+            return self._decode(enc, _grid_points(self._axis(g), batch), s.chunk).view(batch, g, g, g)
         coarse_n = g // 2 + 1
-        coarse = self._decode(kv, _grid_points(self._axis(coarse_n), batch), s.chunk).view(batch, 1, *[coarse_n] * 3)
+        coarse = self._decode(enc, _grid_points(self._axis(coarse_n), batch), s.chunk).view(batch, 1, *[coarse_n] * 3)
         fine = F.interpolate(coarse, size=(g, g, g), mode="trilinear", align_corners=True)[:, 0]
         # Within the truncation band the coarse value is a real distance; dilate by a coarse cell for thin parts.
         near = (coarse.abs() < 0.9 * self.config.truncation).float()
@@ -147,7 +145,7 @@ class SDFMeshStage(TrainableStage):
             idx = near[b].nonzero()
             if len(idx):
                 queries = torch.stack([axis[idx[:, 0]], axis[idx[:, 1]], axis[idx[:, 2]]], -1)[None]
-                fine[b][near[b]] = self._decode([(k[b : b + 1], v[b : b + 1]) for k, v in kv], queries, s.chunk)[0]
+                fine[b][near[b]] = self._decode({key: t[b : b + 1] for key, t in enc.items()}, queries, s.chunk)[0]
         return fine
 
     @torch.no_grad()
