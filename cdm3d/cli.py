@@ -26,6 +26,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps for every diffusion stage")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale for every diffusion stage")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--mesher", choices=["sdf", "poisson"], default=None, help="mesh stage (default: the folder's)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--no-preview", action="store_true", help="do not write preview PNGs")
     p.set_defaults(func=_generate)
@@ -53,6 +54,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the denoisers")
     p.add_argument("--no-autocast", action="store_true", help="fp32 on CUDA (bf16 autocast is the default)")
     p.add_argument("--compare", action="store_true", help="also time fp32 eager vs these settings, same process")
+    p.add_argument(
+        "--mesh-grids",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time mesh.sdf (the folder's, else random weights) at these grid sizes, e.g. 64 128",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (default: print only)")
     p.set_defaults(func=_bench)
 
@@ -63,7 +71,7 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from cdm3d.core.checkpoint import atomic_path, check_parent
-    from cdm3d.eval.bench import bench, compare_settings
+    from cdm3d.eval.bench import bench, bench_mesh, compare_settings
     from cdm3d.stages import load_builtin
 
     device = _check_device(args.device)
@@ -85,6 +93,10 @@ def _bench(args: argparse.Namespace) -> int:
             result["compare"] = compare_settings(
                 geometry, device, {**base, "compile": False, "autocast": False}, settings, args.repeats
             )
+        if args.mesh_grids:
+            if any(g < 8 for g in args.mesh_grids):
+                raise InputError("--mesh-grids must be at least 8")
+            result["mesh_sdf"] = bench_mesh(geometry, device, tuple(args.mesh_grids), tuple(args.batches), args.repeats)
         print(json.dumps(result))
         results.append(result)
     if args.out is not None:
@@ -216,7 +228,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     device = _check_device(args.device)
     load_builtin()
-    cascade = Cascade.from_pretrained(args.model)
+    from cdm3d.pipelines import with_mesher
+
+    cascade = with_mesher(Cascade.from_pretrained(args.model), args.mesher)
     _prepare_output_folder(args.out, cascade.names, len(args.prompts), args.force)
     out = cascade(
         args.prompts,

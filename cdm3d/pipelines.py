@@ -31,6 +31,32 @@ def sampling_overrides(cascade: Cascade, steps: int | None, guidance: float | No
     return {n: dict(settings) for n, s in cascade.stages.items() if isinstance(s, DiffusionStage)}
 
 
+MESHERS = ("sdf", "poisson")
+
+
+def with_mesher(cascade: Cascade, mesher: str | None) -> Cascade:
+    """``cascade`` with its mesh stage as ``mesher`` asks: ``"sdf"`` (the learned ``mesh.sdf`` the folder
+    ships), ``"poisson"`` (``mesh.poisson``, no weights, replaces it), or ``None`` (as shipped)."""
+    if mesher is None:
+        return cascade
+    if mesher not in MESHERS:
+        raise InputError(f"unknown mesher {mesher!r}; choose one of {', '.join(MESHERS)}")
+    meshing = [n for n, s in cascade.stages.items() if s.produces == "Meshes"]
+    if not meshing:
+        raise InputError("this cascade has no mesh stage to choose")
+    name = meshing[-1]
+    current = cascade.stages[name].config.type
+    if current == f"mesh.{mesher}":
+        return cascade
+    if mesher == "sdf":
+        raise InputError(f"this cascade's mesh stage is {current}; it ships no trained mesh.sdf stage")
+    from cdm3d.stages.mesh import PoissonMeshConfig, PoissonMeshStage
+
+    poisson = PoissonMeshStage(PoissonMeshConfig(trim_quantile=0.1))
+    stages = [(n, poisson if n == name else s) for n, s in cascade.stages.items()]
+    return Cascade(stages, clip=cascade.clip, clip_ref=cascade.clip_ref)
+
+
 class Result:
     """Every stage's output of one call, with names for the usual ones."""
 
@@ -72,11 +98,15 @@ class _Pipeline:
         self.cascade = cascade
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu") -> _Pipeline:
+    def from_pretrained(
+        cls, path: str | Path | None = None, device: str = "cpu", mesher: str | None = None
+    ) -> _Pipeline:
+        """The cascade folder ``path`` (default: the shipped one); ``mesher`` "sdf" or "poisson" picks the
+        mesh stage (default: the folder's own)."""
         from cdm3d.stages import load_builtin
 
         load_builtin()
-        return cls(Cascade.from_pretrained(path or DEFAULT_MODEL).to(device))
+        return cls(with_mesher(Cascade.from_pretrained(path or DEFAULT_MODEL), mesher).to(device))
 
     def _run(
         self,

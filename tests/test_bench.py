@@ -10,7 +10,7 @@ from cdm3d.cli import main
 def test_bench_writes_latency_throughput_and_flops(tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
     argv = ["bench", "--geometry", "tiny", "--batches", "1", "2", "--repeats", "1", "--compare", "--out", str(out)]
-    assert main(argv) == 0
+    assert main([*argv, "--mesh-grids", "16"]) == 0
     (result,) = json.loads(out.read_text())["results"]
     assert set(result["latency_batch1_s"]) == {"coarse", "upsample", "end_to_end"}
     assert all(v > 0 for v in result["latency_batch1_s"].values())
@@ -22,12 +22,20 @@ def test_bench_writes_latency_throughput_and_flops(tmp_path, capsys) -> None:
     expected = batch * layers * (24 * w * w * n + 4 * n * n * w)
     assert abs(result["denoiser"]["coarse"]["GFLOP_per_forward"] * 1e9 / expected - 1) < 0.05
     assert result["denoiser"]["coarse"]["fraction_of_dense_bf16_peak"] is None  # no peak on a CPU
+    runs = result["mesh_sdf"]["runs"]
+    assert [(r["batch"], r["grid"]) for r in runs] == [(1, 16), (2, 16)]
+    assert all(
+        r["distance_grid_s_full"] > 0 and r["distance_grid_s_refine"] > 0 and len(r["faces"]) == r["batch"]
+        for r in runs
+    )
 
 
 def test_bench_bad_arguments(tmp_path, capsys) -> None:
     assert main(["bench", "--geometry", "huge"]) == 2
     assert "unknown geometry 'huge'" in capsys.readouterr().err
     assert main(["bench", "--batches", "0"]) == 2
+    assert main(["bench", "--mesh-grids", "4"]) == 2
+    assert "at least 8" in capsys.readouterr().err
     assert main(["bench", "--out", str(tmp_path / "no" / "b.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--gif", action="store_true", help="also write a turntable GIF per result")
+    parser.add_argument("--mesher", choices=["sdf", "poisson"], default=None, help="mesh stage (default: the model's)")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         from cdm3d.pipelines import ImageTo3D, TextTo3D
         from cdm3d.render.preview import save_gif, save_png, turntable
 
-        pipe = TextTo3D.from_pretrained(args.model)
+        pipe = TextTo3D.from_pretrained(args.model, mesher=args.mesher)
         kwargs = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance}
         out = pipe(args.prompts, **kwargs) if args.prompts else ImageTo3D(pipe.cascade)(args.image, **kwargs)
         for i, stem in enumerate(stems):

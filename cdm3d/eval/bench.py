@@ -271,3 +271,69 @@ def compare_settings(
         out[label] = {"settings": settings, "seconds": round(seconds, 4)}
     out["speedup"] = round(out["baseline"]["seconds"] / out["optimised"]["seconds"], 3)
     return out
+
+
+# A mesh.sdf stage of the shipped CPU geometry (configs/stages/mesh_sdf_cpu.yaml), for random-weight timings.
+SDF_GEOMETRY: dict[str, Any] = {
+    "type": "mesh.sdf",
+    "cond_keys": ["text", "image"],
+    "embed_dim": 128,
+    "input_points": 512,
+    "network": {"width": 96, "encoder_layers": 3, "decoder_layers": 1, "heads": 4, "fourier": 6, "neighbours": 8},
+}
+
+
+def mesh_stage(geometry: str | Path, device: str) -> Any:
+    """The ``mesh.sdf`` stage of a cascade folder, or one of the shipped geometry with random weights that
+    draws a sphere-like surface (so marching cubes has a real surface to extract)."""
+    path = Path(geometry)
+    if path.is_dir():
+        stages = [s for s in Cascade.from_pretrained(path, load_clip=False).stages.values()]
+        found = [s for s in stages if s.config.type == "mesh.sdf"]
+        if found:
+            return found[-1].to(device)
+    stage = build_stage(SDF_GEOMETRY)
+    torch.manual_seed(0)
+    for p in stage.parameters():
+        if p.ndim >= 1 and p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.02)
+    return stage.to(device)
+
+
+def bench_mesh(
+    geometry: str | Path,
+    device: str,
+    grids: tuple[int, ...] = (64, 128),
+    batches: tuple[int, ...] = (1,),
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """``mesh.sdf`` timings per grid size and batch: the distance grid (encoder + batched query decoding, with and
+    without coarse-to-fine refinement) and marching cubes, medians of ``repeats`` runs after a warm-up."""
+    from cdm3d.types import PointClouds
+
+    dev = torch.device(device)
+    stage = mesh_stage(geometry, device)
+    out: dict[str, Any] = {"geometry": str(geometry), "trained": Path(geometry).is_dir(), "runs": []}
+    g = torch.Generator().manual_seed(0)
+    for batch in batches:
+        xyz = torch.nn.functional.normalize(torch.randn(batch, 1024, 3, generator=g), dim=-1) * 0.6
+        clouds = PointClouds(xyz, torch.rand(batch, 1024, 3, generator=g))
+        cond = Conditioning(
+            {"text": torch.nn.functional.normalize(torch.randn(batch, stage.config.embed_dim, generator=g), dim=-1)},
+            {"text": torch.zeros(stage.config.embed_dim), "image": torch.zeros(stage.config.embed_dim)},
+        )
+        for grid in grids:
+            row: dict[str, Any] = {"batch": batch, "grid": grid}
+            for refine in (False, True):
+                sampling = {"grid": grid, "refine": refine}
+                seconds = _median_seconds(
+                    lambda s=sampling, c=clouds, k=cond: stage.sdf_grid(c, k, sampling=s), dev, repeats
+                )
+                row[f"distance_grid_s_{'refine' if refine else 'full'}"] = round(seconds, 4)
+            values = stage.sdf_grid(clouds, cond, sampling={"grid": grid})
+            start = time.perf_counter()
+            faces = [len(stage.marching_cubes(values[i].numpy())[1]) for i in range(batch)]
+            row["marching_cubes_s"] = round(time.perf_counter() - start, 4)
+            row["faces"] = faces
+            out["runs"].append(row)
+    return out
