@@ -9,6 +9,7 @@ from contract import check_stage_contract
 
 from cdm3d.core import Cascade, Conditioning, build_stage
 from cdm3d.errors import InputError
+from cdm3d.stages.points.upsample import UpsamplePointsConfig, UpsamplePointsStage
 from cdm3d.types import PointClouds
 
 D = 16
@@ -114,3 +115,37 @@ def test_point_clouds_bad_input(tmp_path) -> None:
     (tmp_path / "bad.ply").write_bytes(b"ply\nformat garbage")
     with pytest.raises(InputError):
         PointClouds.load(tmp_path / "bad.ply")
+
+
+def test_anchored_children_lie_in_their_anchors_cells() -> None:
+    from cdm3d.data.world import World
+    from cdm3d.training.data.points import anchored_children
+
+    xyz, rgb = World("train")[0].points(2048)
+    pts = torch.from_numpy(np.concatenate([xyz, rgb * 2 - 1], 1))[None]
+    anchors, pool = pts[:, :128], pts[:, 128:]
+    children = anchored_children(anchors, pool, 384, torch.Generator().manual_seed(0))
+    assert children.shape == (1, 384, 6)
+    own = torch.cdist(children[..., :3], anchors[..., :3]).argmin(-1) == torch.arange(384) % 128
+    assert own.float().mean() > 0.97  # the rest: cells with fewer points than children, lent a neighbour's
+    assert len({tuple(p) for p in children[0].tolist()}) > 0.95 * 384  # few repeats
+    # Anchors plus children cover the surface as evenly as the same number of random surface points.
+    from cdm3d.eval.point_metrics import chamfer
+
+    ref = pool[:, 512:, :3]
+    union = torch.cat([anchors, children], 1)[..., :3]
+    assert chamfer(union, ref) < 1.2 * chamfer(pool[:, :512, :3], ref)
+
+
+def test_anchored_upsampler_outputs_anchors_plus_scaled_offsets() -> None:
+    stage = UpsamplePointsStage(
+        UpsamplePointsConfig(embed_dim=16, coarse_points=8, num_points=24, anchored=True, network={"width": 16})
+    )
+    coarse = PointClouds(torch.rand(2, 8, 3), torch.rand(2, 8, 3))
+    offsets = torch.zeros(2, 24, 6)
+    offsets[..., 0] = 1.0  # one unit of anchor_scale along x
+    out = stage.to_output(offsets, coarse)
+    assert out.num_points == 32 and torch.equal(out.coords[:, :8], coarse.coords)
+    expected = coarse.coords.repeat(1, 3, 1) + torch.tensor([stage.config.anchor_scale, 0.0, 0.0])
+    assert torch.allclose(out.coords[:, 8:], expected)
+    assert torch.allclose(out.colors[:, 8:], coarse.colors.repeat(1, 3, 1))

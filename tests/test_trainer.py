@@ -31,11 +31,13 @@ def data_dir(tmp_path_factory) -> Path:
     return d
 
 
-def _recipe(data_dir: Path, stage: str = "points.coarse", **train) -> TrainRecipe:
+def _recipe(data_dir: Path, stage: str = "points.coarse", anchored: bool = False, **train) -> TrainRecipe:
     net = {"width": 32, "layers": 1, "heads": 2}
     stage_cfg = {"type": stage, "embed_dim": 16, "num_points": 64, "network": net}
     if stage == "points.upsample":
         stage_cfg["coarse_points"] = 32
+        # 32 anchors on these tiny 128-point clouds sit about 0.2 apart: offsets divided by that are of unit size.
+        stage_cfg.update(anchored=anchored, anchor_scale=0.2)
     return TrainRecipe.model_validate(
         {
             "stage": stage_cfg,
@@ -75,6 +77,11 @@ def test_tiny_training_lowers_the_loss(data_dir, tmp_path) -> None:
 def test_upsample_stage_trains(data_dir, tmp_path) -> None:
     losses = Trainer(_recipe(data_dir, "points.upsample", steps=60), tmp_path / "up").fit(progress=False)
     assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_anchored_upsample_stage_trains(data_dir, tmp_path) -> None:
+    losses = Trainer(_recipe(data_dir, "points.upsample", anchored=True, steps=60), tmp_path / "up").fit(progress=False)
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
 
 
 def test_resume_continues_with_the_same_losses_and_weights(data_dir, tmp_path) -> None:

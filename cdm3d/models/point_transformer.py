@@ -60,6 +60,8 @@ class PointDenoiser(nn.Module):
         embed_dim: width of the CLIP embeddings.
         num_tokens: number of CLIP slots (one token each).
         cond_channels: channels of the conditioning cloud's points (0: none, a first stage).
+        anchored: each new point ``j`` also carries conditioning point ``j mod M`` (its anchor) in its own
+            token, for stages that generate points relative to anchors (``points.upsample`` with ``anchored``).
 
     Forward (the denoiser contract)::
 
@@ -67,7 +69,13 @@ class PointDenoiser(nn.Module):
     """
 
     def __init__(
-        self, config: PointTransformerConfig, channels: int, embed_dim: int, num_tokens: int, cond_channels: int = 0
+        self,
+        config: PointTransformerConfig,
+        channels: int,
+        embed_dim: int,
+        num_tokens: int,
+        cond_channels: int = 0,
+        anchored: bool = False,
     ) -> None:
         super().__init__()
         w = config.width
@@ -81,6 +89,11 @@ class PointDenoiser(nn.Module):
             # Levels live in [0, 1]; scale them to the timestep range of the sinusoids.
             self.level_embed = ScalarEmbedding(w, scale=1000.0)
             self.cond_marker = nn.Parameter(torch.randn(w) * 0.02)
+        self.anchored = anchored
+        if anchored:
+            if not cond_channels:
+                raise ValueError("an anchored denoiser needs a conditioning cloud")
+            self.anchor_proj = nn.Linear(cond_channels, w)
         self.ln_pre = nn.LayerNorm(w)
         self.blocks = nn.ModuleList(Block(w, config.heads, config.mlp_ratio) for _ in range(config.layers))
         self.ln_post = nn.LayerNorm(w)
@@ -104,8 +117,17 @@ class PointDenoiser(nn.Module):
                 raise ValueError("this denoiser needs a conditioning cloud and its augmentation level")
             level = self.level_embed(cond_level)[:, None]
             tokens.append(self.cond_proj(cond) + level + self.cond_marker)
-        h = torch.cat([*tokens, self.input_proj(x)], dim=1)
+        points = self.input_proj(x)
+        if self.anchored:
+            points = points + self.anchor_proj(tile_anchors(cond, n))
+        h = torch.cat([*tokens, points], dim=1)
         h = self.ln_pre(h)
         for block in self.blocks:
             h = block(h)
         return self.output_proj(self.ln_post(h[:, -n:]))
+
+
+def tile_anchors(cloud: torch.Tensor, n: int) -> torch.Tensor:
+    """``[B, n, C]``: point ``j`` is ``cloud[:, j mod M]`` (the anchor of new point ``j``)."""
+    reps = -(-n // cloud.shape[1])
+    return cloud.repeat(1, reps, 1)[:, :n]

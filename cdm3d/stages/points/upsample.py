@@ -3,6 +3,15 @@
 The stage generates ``num_points`` new points conditioned on the (augmented)
 coarse cloud and returns the coarse points followed by the new ones, as Point-E's
 upsampler does; unlike Point-E's text path, it keeps the CLIP conditioning.
+
+With ``anchored``, new point ``j`` is generated as an offset from coarse point
+``j mod M`` (its anchor; the offset's xyz divided by ``anchor_scale``), and the
+anchor enters that point's token. Diffusion then models the local spread of the
+surface around each coarse point instead of the whole shape again: an offset of
+zero is nearest-neighbour upsampling, what the model improves on. Training pairs
+each anchor with points drawn from its Voronoi cell in a dense sample of the
+surface (``anchored_children``), so anchors and offsets together cover the
+surface uniformly.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from cdm3d.core import STAGES, DiffusionStage, DiffusionStageConfig
 from cdm3d.core.augmentation import AugmentationConfig
 from cdm3d.core.stage import DiffusionConfig
 from cdm3d.errors import InputError
-from cdm3d.models.point_transformer import PointDenoiser, PointTransformerConfig
+from cdm3d.models.point_transformer import PointDenoiser, PointTransformerConfig, tile_anchors
 from cdm3d.stages.points.coarse import CHANNELS
 from cdm3d.types import PointClouds
 
@@ -31,6 +40,9 @@ class UpsamplePointsConfig(DiffusionStageConfig):
     coarse_points: int = Field(1024, ge=1)
     network: PointTransformerConfig = PointTransformerConfig()
     diffusion: DiffusionConfig = DiffusionConfig(augmentation=AugmentationConfig(max_level=0.3))
+    # Generate offsets from anchor points (see the module docstring); off: absolute positions, as Point-E.
+    anchored: bool = False
+    anchor_scale: float = Field(0.04, gt=0)  # xyz offsets are divided by this (about their spread on the world)
 
 
 @STAGES.register("points.upsample")
@@ -42,7 +54,13 @@ class UpsamplePointsStage(DiffusionStage):
 
     def build_network(self) -> nn.Module:
         cfg = self.config
-        return PointDenoiser(cfg.network, CHANNELS, cfg.embed_dim, len(cfg.cond_keys), cond_channels=CHANNELS)
+        return PointDenoiser(
+            cfg.network, CHANNELS, cfg.embed_dim, len(cfg.cond_keys), cond_channels=CHANNELS, anchored=cfg.anchored
+        )
+
+    def _offset_scale(self, device: torch.device) -> torch.Tensor:
+        s = self.config.anchor_scale
+        return torch.tensor([s, s, s, 1.0, 1.0, 1.0], device=device)
 
     def sample_shape(self) -> tuple[int, ...]:
         return (self.config.num_points, CHANNELS)
@@ -54,4 +72,22 @@ class UpsamplePointsStage(DiffusionStage):
     def to_output(self, x: torch.Tensor, prev: Any) -> PointClouds:
         if not isinstance(prev, PointClouds):
             raise InputError(f"stage '{self.name}' needs the coarse PointClouds to complete its output")
+        if self.config.anchored:
+            anchors = tile_anchors(prev.to_tensor().to(x.device, x.dtype), x.shape[1])
+            x = anchors + x * self._offset_scale(x.device)
         return PointClouds.concat([prev.to("cpu"), PointClouds.from_tensor(x.cpu())])
+
+    def loss(
+        self,
+        x0: torch.Tensor,
+        cond: Any,
+        cond_input: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        part: tuple[int, int] | None = None,
+        net: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """The diffusion loss; an anchored stage's targets ``x0`` (absolute new points, point ``j`` drawn
+        around anchor ``j mod M``) become offsets from their anchors first."""
+        if self.config.anchored and cond_input is not None:
+            x0 = (x0 - tile_anchors(cond_input, x0.shape[1])) / self._offset_scale(x0.device)
+        return super().loss(x0, cond, cond_input, generator, part, net)

@@ -136,6 +136,9 @@ class PointCloudData:
         cond_input = None
         if self.stage.consumes is None:
             x0 = pts[:, : cfg.num_points]
+        elif getattr(cfg, "anchored", False):
+            cond_input = pts[:, : cfg.coarse_points]
+            x0 = anchored_children(cond_input, pts[:, cfg.coarse_points :], cfg.num_points, generator)
         else:
             cond_input = pts[:, : cfg.coarse_points]
             x0 = pts[:, cfg.coarse_points : cfg.coarse_points + cfg.num_points]
@@ -153,6 +156,36 @@ class PointCloudData:
             embeddings["text"] = torch.where(use_image[:, None], self.null_text.expand(size, -1), text)
             embeddings["image"] = torch.where(use_image[:, None], image, torch.zeros_like(image))
         return Conditioning(embeddings, null)
+
+
+def anchored_children(anchors: torch.Tensor, pool: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``[B, n, C]`` new points for an anchored upsampler: point ``j`` lies in the Voronoi cell of anchor
+    ``j mod M`` within ``pool`` (a denser sample of the same surface), drawn at random without repeats where
+    the cell holds enough points (an empty cell lends the anchor its nearest pool point).
+
+    Args:
+        anchors: ``[B, M, C]`` coarse points; pool: ``[B, P, C]`` other surface points.
+    """
+    b, m, c = anchors.shape
+    p = pool.shape[1]
+    per = -(-n // m)
+    dist = torch.cdist(pool[..., :3], anchors[..., :3])  # [B, P, M]
+    cell = dist.argmin(-1)  # the anchor of each pool point
+    # Sort pool points by (cell, random key): each cell's points become a contiguous, shuffled run.
+    key = cell.double() + torch.rand(b, p, generator=generator, dtype=torch.float64)
+    order = key.argsort(-1)
+    sorted_cell = torch.gather(cell, 1, order)
+    ids = torch.arange(m).expand(b, m).contiguous()
+    start = torch.searchsorted(sorted_cell.contiguous(), ids)
+    count = torch.searchsorted(sorted_cell.contiguous(), ids, right=True) - start
+    r = torch.arange(per).view(1, per, 1)
+    pos = start[:, None] + r % count.clamp(min=1)[:, None]  # [B, per, M]
+    chosen = torch.gather(order, 1, pos.reshape(b, -1).clamp(max=p - 1))
+    nearest = dist.argmin(1)  # [B, M]: each anchor's nearest pool point, for empty cells
+    empty = (count == 0)[:, None].expand(b, per, m).reshape(b, -1)
+    chosen = torch.where(empty, nearest.repeat(1, per), chosen)
+    children = torch.gather(pool, 1, chosen[..., None].expand(-1, -1, c))
+    return children[:, :n]
 
 
 class WorldPointsData(PointCloudData):
