@@ -21,6 +21,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "TextTo3D": "cdm3d.pipelines",
     "ImageTo3D": "cdm3d.pipelines",
+    "TextToImage": "cdm3d.pipelines",
+    "TextToImageTo3D": "cdm3d.pipelines",
     "Cascade": "cdm3d.core",
     "ClipEncoder": "cdm3d.core",
     "Conditioning": "cdm3d.core",
@@ -46,6 +48,8 @@ __all__ = [
     "InputError",
     "SamplingError",
     "TextTo3D",
+    "TextToImage",
+    "TextToImageTo3D",
     "UnavailableError",
     "__version__",
 ]

@@ -3,3 +3,4 @@
 from pathlib import Path
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
+DEFAULT_IMAGE_MODEL = Path(__file__).parent / "weights" / "images"

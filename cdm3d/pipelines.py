@@ -1,9 +1,14 @@
-"""The user-facing API: ``TextTo3D`` and ``ImageTo3D`` over a cascade folder.
+"""The user-facing API: ``TextTo3D``, ``ImageTo3D``, ``TextToImage`` and ``TextToImageTo3D`` over cascade folders.
 
 from cdm3d import TextTo3D
 pipe = TextTo3D.from_pretrained()          # the shipped default
 out = pipe("a tall red lamp", seed=0)
 out.mesh.save("lamp.glb")                  # also out.points, out.coarse_points, out["upsample"]
+
+from cdm3d import TextToImage, TextToImageTo3D
+TextToImage.from_pretrained()("a red mug").images.save("mug.png")
+out = TextToImageTo3D.from_pretrained()("a red mug")   # out.images, out.mesh: the image's CLIP embedding
+                                                       # conditions the point stages with the text's
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 
 from cdm3d.core import Cascade, CascadeOutput, Conditioning, DiffusionStage
 from cdm3d.errors import InputError
-from cdm3d.paths import DEFAULT_MODEL
+from cdm3d.paths import DEFAULT_IMAGE_MODEL, DEFAULT_MODEL
 
 
 def sampling_overrides(cascade: Cascade, steps: int | None, guidance: float | None) -> dict[str, dict[str, Any]]:
@@ -83,6 +88,11 @@ class Result:
         return self._last("PointClouds")
 
     @property
+    def images(self) -> Any:
+        """The final (largest) ``Images``."""
+        return self._last("Images")
+
+    @property
     def coarse_points(self) -> Any:
         return next(v for v in self.output.outputs.values() if type(v).__name__ == "PointClouds")
 
@@ -106,7 +116,9 @@ class _Pipeline:
         from cdm3d.stages import load_builtin
 
         load_builtin()
-        return cls(with_mesher(Cascade.from_pretrained(path or DEFAULT_MODEL), mesher).to(device))
+        return cls(with_mesher(Cascade.from_pretrained(path or cls.default_path), mesher).to(device))
+
+    default_path = DEFAULT_MODEL
 
     def _run(
         self,
@@ -212,3 +224,64 @@ class ImageTo3D(_Pipeline):
     ) -> Result:
         cond = self.cascade.encode(prompts, load_images(images))
         return self._run(cond, seed, steps, guidance, stop_at, device, progress)
+
+
+class TextToImage(_Pipeline):
+    """Prompts -> a low-resolution image -> a super-resolved image (the shipped ``weights/images`` cascade)."""
+
+    default_path = DEFAULT_IMAGE_MODEL
+
+    def __call__(
+        self,
+        prompts: str | list[str],
+        *,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        stop_at: str | None = None,
+        device: str | None = None,
+        progress: bool = True,
+    ) -> Result:
+        return self._run(self.cascade.encode(prompts), seed, steps, guidance, stop_at, device, progress)
+
+
+class TextToImageTo3D:
+    """Prompts -> an image (``TextToImage``) -> 3D, the point stages conditioned on the prompt's text
+    embedding and the generated image's CLIP embedding together."""
+
+    def __init__(self, image: TextToImage, shape: TextTo3D) -> None:
+        self.image, self.shape = image, shape
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        image_path: str | Path | None = None,
+        shape_path: str | Path | None = None,
+        device: str = "cpu",
+        mesher: str | None = None,
+    ) -> TextToImageTo3D:
+        return cls(
+            TextToImage.from_pretrained(image_path, device),
+            TextTo3D.from_pretrained(shape_path, device, mesher),
+        )
+
+    def __call__(
+        self,
+        prompts: str | list[str],
+        *,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        stop_at: str | None = None,
+        device: str | None = None,
+        progress: bool = True,
+    ) -> Result:
+        """``stop_at`` names a stage of the 3D cascade; every stage's output of both cascades is returned
+        (image stages under ``image.<name>``)."""
+        first = self.image(prompts, seed=seed, steps=steps, guidance=guidance, device=device, progress=progress)
+        images = first.images.pixels
+        cond = self.shape.cascade.encode(prompts, images)
+        second = self.shape._run(cond, seed, steps, guidance, stop_at, device, progress)
+        outputs = {f"image.{k}": v for k, v in first.output.outputs.items()} | second.output.outputs
+        timings = {f"image.{k}": v for k, v in first.timings.items()} | second.timings
+        return Result(CascadeOutput(outputs, cond, timings))

@@ -7,5 +7,6 @@ installed, such as a copied working tree on a training machine).
 
 
 def load_builtin() -> None:
+    import cdm3d.stages.images
     import cdm3d.stages.mesh
     import cdm3d.stages.points  # noqa: F401

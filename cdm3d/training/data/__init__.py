@@ -6,6 +6,7 @@ DATASETS: Registry = Registry("dataset")
 
 
 def load_builtin() -> None:
-    """Register the built-in sources (``world.points``, ``shards.points``, ``world.sdf``)."""
+    """Register the built-in sources (``world.points``, ``shards.points``, ``world.sdf``, ``world.images``)."""
+    import cdm3d.training.data.images
     import cdm3d.training.data.points
     import cdm3d.training.data.sdf  # noqa: F401

@@ -1,0 +1,70 @@
+"""``images.sr``: a low-resolution image + CLIP embedding(s) -> an image ``size`` pixels a side (2x or 4x).
+
+The low-resolution image is resized to the output size (bilinear) and, in
+training, noised by Gaussian conditioning augmentation (Ho et al. 2021,
+"Cascaded Diffusion Models"; DeepFloyd IF): ``c_s = cos(pi s/2) c + sin(pi s/2) eps``
+with ``s`` drawn in ``[0, max_level]``, the non-truncated variant (the level is
+not tied to a step of the base stage's sampler). The level is a network input
+and, at sampling time, the ``aug_level`` knob.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from cdm3d.core import STAGES, DiffusionStage, DiffusionStageConfig
+from cdm3d.core.augmentation import AugmentationConfig
+from cdm3d.core.stage import DiffusionConfig
+from cdm3d.errors import InputError
+from cdm3d.models.unet import UNetConfig, UNetDenoiser
+from cdm3d.types import Images
+
+
+class SuperResConfig(DiffusionStageConfig):
+    type: Literal["images.sr"] = "images.sr"
+    size: int = Field(64, ge=8)  # output pixels a side
+    low_size: int = Field(32, ge=4)  # the input size it is trained on (others are resized too)
+    network: UNetConfig = UNetConfig(attention=[])
+    diffusion: DiffusionConfig = DiffusionConfig(augmentation=AugmentationConfig(max_level=0.5))
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> SuperResConfig:
+        if self.size <= self.low_size:
+            raise ValueError(f"size {self.size} must exceed low_size {self.low_size}")
+        return self
+
+
+@STAGES.register("images.sr")
+class SuperResStage(DiffusionStage):
+    Config = SuperResConfig
+    config: SuperResConfig
+    consumes: ClassVar[str] = "Images"
+    produces: ClassVar[str] = "Images"
+
+    def build_network(self) -> nn.Module:
+        cfg = self.config
+        return UNetDenoiser(cfg.network, 3, cfg.embed_dim, len(cfg.cond_keys), cond_channels=3, size=cfg.size)
+
+    def sample_shape(self) -> tuple[int, ...]:
+        return (3, self.config.size, self.config.size)
+
+    def condition_input(self, prev: Any) -> torch.Tensor:
+        self.check_prev(prev)
+        return upsample_condition(prev.to_tensor(), self.config.size)
+
+    def to_output(self, x: torch.Tensor, prev: Any) -> Images:
+        if not isinstance(prev, Images):
+            raise InputError(f"stage '{self.name}' consumes Images")
+        return Images.from_tensor(x.cpu())
+
+
+def upsample_condition(low: torch.Tensor, size: int) -> torch.Tensor:
+    """``[B, 3, h, w]`` in [-1, 1] -> ``[B, 3, size, size]`` (bilinear, antialiased when shrinking)."""
+    if low.shape[-1] == size and low.shape[-2] == size:
+        return low
+    return F.interpolate(low.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)

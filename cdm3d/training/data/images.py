@@ -1,0 +1,111 @@
+"""Image training data for ``images.base`` and ``images.sr``: renders of world objects with their captions.
+
+Each object is rendered once from the default camera (the objects carry their
+own random yaw, so views vary) at ``size`` pixels and cached as
+``{cache_dir}/world-renders-{split}-{M}x{size}.npy`` (uint8 ``[M, 3, S, S]``).
+A base stage is trained on the renders resized to its size; a
+super-resolution stage on renders at its size, conditioned on the same render
+shrunk to its ``low_size`` and resized back up (what it sees at sampling
+time). Captions come from the embeddings file the point stages use (a random
+caption variant per example).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch.nn import functional as F
+
+from cdm3d.core import Conditioning, DiffusionStage
+from cdm3d.core.checkpoint import atomic_path
+from cdm3d.core.config import StrictConfig
+from cdm3d.errors import InputError
+from cdm3d.training.data import DATASETS
+from cdm3d.training.data.points import PointCloudData, _quiet_worker, cached_objects, load_embeddings
+
+
+class WorldImagesConfig(StrictConfig):
+    type: Literal["world.images"] = "world.images"
+    split: Literal["train", "val", "test"] = "train"
+    objects: int = Field(8000, ge=1)
+    size: int = Field(64, ge=8)  # render size cached; stages resize from it
+    embeddings: str
+    cache_dir: str = "runs/cache"
+    workers: int = Field(2, ge=1)
+
+
+def _render(job: tuple[str, int, int]) -> np.ndarray:
+    from cdm3d.data.world import World
+
+    split, index, size = job
+    img = World(split)[index].render(size=size)
+    return (img.permute(2, 0, 1).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def build_renders(split: str, objects: int, size: int, path: Path, workers: int = 2) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    jobs = [(split, i, size) for i in range(objects)]
+    out = np.empty((objects, 3, size, size), np.uint8)
+    if workers > 1:
+        with mp.get_context("spawn").Pool(workers, initializer=_quiet_worker) as pool:
+            for i, arr in enumerate(tqdm(pool.imap(_render, jobs, chunksize=32), total=objects, desc="renders")):
+                out[i] = arr
+    else:
+        for i, job in enumerate(tqdm(jobs, desc="renders")):
+            out[i] = _render(job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, out)
+    return torch.from_numpy(out)
+
+
+def load_renders(split: str, objects: int, size: int, cache_dir: str, workers: int) -> torch.Tensor:
+    """``[objects, 3, size, size]`` uint8 renders, from a cache (any covering one) or rendered and cached."""
+    found = cached_objects(cache_dir, f"world-renders-{split}", objects, (3, size, size))
+    if found is not None:
+        return found
+    path = Path(cache_dir) / f"world-renders-{split}-{objects}x{size}.npy"
+    return build_renders(split, objects, size, path, workers)
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``[B, 3, h, w]`` -> ``[B, 3, size, size]`` (bilinear, antialiased when shrinking)."""
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class WorldImagesData(PointCloudData):
+    """Batches ``(x0 [B, 3, S, S], cond, cond_input [B, 3, S, S] | None)`` in [-1, 1]."""
+
+    def __init__(self, config: WorldImagesConfig, stage: DiffusionStage) -> None:
+        self.config, self.stage, self.image_prob = config, stage, 0.0
+        size = getattr(stage.config, "size", None)
+        if stage.produces != "Images" or size is None:
+            raise InputError(f"world.images data trains image stages, not {stage.config.type!r}")
+        if size > config.size:
+            raise InputError(f"the stage makes {size}-pixel images; the data renders {config.size} (raise data.size)")
+        self.text, _, self.null_text = load_embeddings(config.embeddings, config.split, config.objects)
+        self.image = None
+        self.renders = load_renders(config.split, config.objects, config.size, config.cache_dir, config.workers)
+
+    def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, Conditioning, torch.Tensor | None]:
+        from cdm3d.stages.images.sr import upsample_condition
+
+        idx = torch.randint(0, len(self.renders), (size,), generator=generator)
+        images = self.renders[idx].float() / 127.5 - 1
+        cfg = self.stage.config
+        x0 = resize(images, cfg.size)
+        cond_input = None
+        if self.stage.consumes is not None:
+            cond_input = upsample_condition(resize(images, cfg.low_size), cfg.size)
+        return x0, self.conditioning(idx, generator), cond_input
+
+
+DATASETS.register("world.images")((WorldImagesConfig, WorldImagesData))

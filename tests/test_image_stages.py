@@ -1,0 +1,133 @@
+"""Image stages: the stage contract (shapes, determinism, round trip, bad input), the guidance and
+augmentation knobs, and tiny training runs on world renders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from contract import check_stage_contract
+from test_trainer import TINY_CLIP
+
+from cdm3d.core import Cascade, ClipEncoder, Conditioning, build_stage
+from cdm3d.errors import InputError
+from cdm3d.training.data.points import build_world_embeddings
+from cdm3d.training.trainer import Trainer, TrainRecipe
+from cdm3d.types import Images
+
+D = 16
+NET = {"channels": 16, "mults": [1, 2], "attention": [4], "heads": 2, "groups": 4}
+FAST = {"steps": 3}
+
+
+def _cond(batch: int) -> Conditioning:
+    g = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(batch, D, generator=g), dim=-1)
+    return Conditioning({"text": emb}, {"text": torch.zeros(D)})
+
+
+def _randomise(stage):
+    torch.manual_seed(0)
+    for p in stage.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return stage
+
+
+def _base():
+    return build_stage({"type": "images.base", "embed_dim": D, "size": 8, "network": NET})
+
+
+def _sr():
+    return build_stage({"type": "images.sr", "embed_dim": D, "size": 16, "low_size": 8, "network": NET})
+
+
+def test_base_stage_contract(tmp_path) -> None:
+    stage = _randomise(_base())
+    check_stage_contract(lambda: stage, None, _cond(2), tmp_path, {"pixels": (2, 3, 8, 8)}, sampling=FAST)
+
+
+def test_sr_stage_contract(tmp_path) -> None:
+    stage = _randomise(_sr())
+    prev = Images(torch.rand(2, 3, 8, 8))
+    nan = Images(torch.full((2, 3, 8, 8), float("nan")))
+    check_stage_contract(
+        lambda: stage, prev, _cond(2), tmp_path, {"pixels": (2, 3, 16, 16)}, bad_prevs=[prev[0:1], nan], sampling=FAST
+    )
+
+
+def test_guidance_scale_changes_the_base_image() -> None:
+    stage = _randomise(_base())
+    run = lambda scale: stage.sample(  # noqa: E731
+        None, _cond(1), generator=torch.Generator().manual_seed(0), sampling={**FAST, "guidance_scale": scale}
+    )
+    assert not torch.allclose(run(1.0).pixels, run(4.0).pixels)
+    assert torch.equal(run(4.0).pixels, run(4.0).pixels)
+
+
+def test_sr_follows_its_input_and_the_augmentation_level() -> None:
+    stage = _randomise(_sr())
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    dark, light = Images(torch.zeros(1, 3, 8, 8)), Images(torch.ones(1, 3, 8, 8))
+    a = stage.sample(dark, _cond(1), generator=g(), sampling=FAST).pixels
+    b = stage.sample(light, _cond(1), generator=g(), sampling=FAST).pixels
+    assert not torch.allclose(a, b)  # the low-resolution image conditions the output
+    # The level reaches the network: the same noised input with another level input changes the prediction.
+    x = torch.randn(1, 3, 16, 16)
+    c = torch.zeros(1, 3, 16, 16)
+    emb = _cond(1).stack(["text"])
+    out0 = stage.net(x, torch.tensor([10.0]), emb, c, torch.tensor([0.0]))
+    out1 = stage.net(x, torch.tensor([10.0]), emb, c, torch.tensor([0.5]))
+    assert not torch.allclose(out0, out1)
+    noised = stage.sample(dark, _cond(1), generator=g(), sampling={**FAST, "aug_level": 0.5}).pixels
+    assert not torch.allclose(a, noised)
+
+
+def test_image_cascade_runs_base_then_sr() -> None:
+    cascade = Cascade([("base", _randomise(_base())), ("sr", _randomise(_sr()))])
+    out = cascade.run(_cond(2), seed=0, sampling={"base": FAST, "sr": FAST}, progress=False)
+    assert out["base"].pixels.shape == (2, 3, 8, 8) and out["sr"].pixels.shape == (2, 3, 16, 16)
+
+
+def test_images_save_png_and_refuse_bad_paths(tmp_path) -> None:
+    from PIL import Image
+
+    images = Images(torch.rand(2, 3, 8, 8))
+    paths = images.save_all(tmp_path, "img")
+    assert [p.name for p in paths] == ["img_0.png", "img_1.png"]
+    back = np.asarray(Image.open(paths[1]))
+    assert back.shape == (8, 8, 3)
+    assert np.abs(back / 255 - images.pixels[1].permute(1, 2, 0).numpy()).max() < 1 / 255 + 1e-6
+    with pytest.raises(InputError, match="format"):
+        images.save(tmp_path / "img.jpg")
+    with pytest.raises(InputError, match="exists"):
+        images.save(paths[0])
+    with pytest.raises(InputError):
+        Images(torch.rand(2, 4, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def emb_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("img")
+    build_world_embeddings(ClipEncoder.from_config(TINY_CLIP), "train", 16, d / "emb.safetensors", 2, 0)
+    return d
+
+
+@pytest.mark.parametrize("stage", [_base, _sr])
+def test_tiny_image_training_lowers_the_loss(stage, emb_file, tmp_path) -> None:
+    recipe = TrainRecipe.model_validate(
+        {
+            "stage": stage().config.model_dump(),
+            "data": {
+                "type": "world.images",
+                "objects": 16,
+                "size": 16,
+                "workers": 1,
+                "embeddings": str(emb_file / "emb.safetensors"),
+                "cache_dir": str(emb_file / "cache"),
+            },
+            "train": {"steps": 60, "batch_size": 8, "lr": 2e-3, "warmup": 5, "checkpoint_every": 30, "log_every": 10},
+        }
+    )
+    losses = Trainer(recipe, tmp_path / "run").fit(progress=False)
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+    assert (emb_file / "cache" / "world-renders-train-16x16.npy").exists()
