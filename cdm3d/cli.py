@@ -125,6 +125,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mesh-stage", type=Path, default=None, help="with --meshes: a mesh stage file or config to use")
     p.add_argument("--grid", type=int, default=None, help="with --meshes: the mesh.sdf grid size")
     p.add_argument("--no-poisson", action="store_true", help="with --meshes: skip the mesh.poisson comparison")
+    p.add_argument(
+        "--images",
+        action="store_true",
+        help="evaluate an image cascade (--model, default: the shipped one) instead: CLIP fidelity, FID, "
+        "the CDM augmentation ablation (--sr-noaug), image -> 3D (--shape-model)",
+    )
+    p.add_argument("--sr-noaug", type=Path, default=None, help="with --images: SR weights trained without augmentation")
+    p.add_argument("--shape-model", type=Path, default=None, help="with --images: the 3D cascade for image -> 3D")
+    p.add_argument("--fid-reference", type=int, default=1000, help="with --images: real renders FID compares with")
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (default: print only)")
     p.set_defaults(func=_eval)
 
@@ -136,15 +145,34 @@ def _eval(args: argparse.Namespace) -> int:
     from cdm3d.eval.points_eval import evaluate_points
     from cdm3d.stages import load_builtin
 
-    if args.per_category < 1 or args.batch < 1:
-        raise InputError("--per-category and --batch must be positive")
+    if args.per_category < 1 or args.batch < 1 or args.fid_reference < 2:
+        raise InputError("--per-category and --batch must be positive, --fid-reference at least 2")
     if not args.classifier.is_file():
         raise InputError(f"classifier weights not found: {args.classifier} (train one with tools/train_classifier.py)")
     if args.out is not None:
         check_parent(args.out)
     load_builtin()
     settings = {k: v for k, v in (("scheduler", args.scheduler), ("steps", args.steps)) if v is not None}
-    if args.meshes:
+    if args.images:
+        from cdm3d.eval.images_eval import evaluate_images
+        from cdm3d.paths import DEFAULT_IMAGE_MODEL
+
+        model = DEFAULT_IMAGE_MODEL if args.model == DEFAULT_MODEL else args.model
+        for path in (args.sr_noaug,):
+            if path is not None and not path.is_file():
+                raise InputError(f"weights not found: {path}")
+        report = evaluate_images(
+            model,
+            args.per_category,
+            args.batch,
+            args.sr_noaug,
+            args.shape_model,
+            args.classifier if args.shape_model is not None else None,
+            reference=args.fid_reference,
+            speed=not args.skip_speed,
+            overrides=settings,
+        )
+    elif args.meshes:
         from cdm3d.eval.mesh_eval import evaluate_meshes
 
         if args.mesh_stage is not None and not args.mesh_stage.is_file():
@@ -174,7 +202,11 @@ def _eval(args: argparse.Namespace) -> int:
         with atomic_path(args.out) as tmp:
             tmp.write_text(text)
         print(args.out)
-    rows = [k for k in ("coarse", "final", "pipeline", "ground_truth_clouds", "poisson_pipeline") if k in report]
+    rows = [
+        k
+        for k in ("coarse", "final", "pipeline", "ground_truth_clouds", "poisson_pipeline", "base", "sr")
+        if k in report
+    ]
     summary = {k: {f: report[k][f] for f in ("category_fidelity", "color_fidelity")} for k in rows}
     print(json.dumps(summary))
     return 0

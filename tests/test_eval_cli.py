@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from cdm3d.cli import main
 from cdm3d.core import Cascade, ClipEncoder
 from cdm3d.eval.bench import point_cascade
@@ -82,3 +84,33 @@ def test_eval_meshes_writes_fidelity_watertightness_and_chamfer(tmp_path) -> Non
     assert main(argv2) == 0
     report = json.loads(out2.read_text())
     assert report["mesh_stage"]["type"] == "mesh.poisson" and "poisson_pipeline" not in report
+
+
+def test_eval_images_writes_fidelity_fid_ablation_and_image_to_3d(tmp_path) -> None:
+    from cdm3d.core import build_stage, save_stage
+
+    net = {"channels": 16, "mults": [1, 2], "attention": [], "heads": 2, "groups": 4}
+    base = build_stage({"type": "images.base", "embed_dim": 128, "size": 8, "network": net})
+    sr = {"type": "images.sr", "embed_dim": 128, "size": 16, "low_size": 8, "network": net}
+    sr_aug, sr_noaug = build_stage({**sr, "sampling": {"aug_level": 0.2}}), build_stage(sr)
+    for stage in (base, sr_aug, sr_noaug):
+        for p in stage.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+    Cascade([("base", base), ("sr", sr_aug)], clip=ClipEncoder.default()).save_pretrained(tmp_path / "img")
+    save_stage(sr_noaug, tmp_path / "noaug.safetensors")
+    tiny = point_cascade("tiny", "cpu")
+    Cascade(list(tiny.stages.items()), clip=ClipEncoder.default()).save_pretrained(tmp_path / "shape")
+    out = tmp_path / "img.json"
+    argv = ["eval", "--images", "--model", str(tmp_path / "img"), "--per-category", "1", "--batch", "13"]
+    argv += ["--sr-noaug", str(tmp_path / "noaug.safetensors"), "--shape-model", str(tmp_path / "shape")]
+    argv += ["--fid-reference", "20", "--steps", "2", "--skip-speed", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    for row in ("base", "sr", "real_renders"):
+        assert 0 <= report[row]["category_fidelity"] <= 1 and report[row]["fid"] >= 0
+    assert report["real_renders"]["fid"] < report["base"]["fid"]  # noise images are far from renders
+    ablation = report["cdm_ablation"]
+    assert {"with_augmentation_level_0.2", "without_augmentation"} <= set(ablation)
+    assert set(ablation["without_augmentation"]) == {"on_generated_low_res", "on_real_low_res"}
+    for label in ("image_to_3d", "text_image_to_3d"):
+        assert 0 <= report["to_3d"][label]["category_fidelity"] <= 1

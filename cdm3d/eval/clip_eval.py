@@ -42,15 +42,24 @@ def _variant_embeddings(encoder: ClipEncoder, classes: list[str], prompts) -> to
     return torch.stack(out)
 
 
-def attribute_aware_predict(encoder: ClipEncoder, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def variant_tables(encoder: ClipEncoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class tables of :func:`attribute_aware_predict`: ``[13, 27, D]`` categories, ``[12, 27, D]`` colours."""
+    cats = _variant_embeddings(encoder, list(CATEGORIES), lambda n, a: [f"a {a}{c} {n}" for c in COLORS])
+    cols = _variant_embeddings(encoder, list(COLORS), lambda c, a: [f"a {a}{c} {n}" for n in CATEGORIES])
+    return cats, cols
+
+
+def attribute_aware_predict(
+    encoder: ClipEncoder, img: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-shot category and colour: each class scores its best-matching attribute variant.
 
     A class's prompts are every caption shape the world gives it ("a small tall red mug"):
     for a category, each of the 27 attribute variants is ensembled over colours; for a
-    colour, over categories; the class score is the maximum over its variants.
+    colour, over categories; the class score is the maximum over its variants. Pass
+    ``tables`` (:func:`variant_tables`) to reuse them across calls.
     """
-    cats = _variant_embeddings(encoder, list(CATEGORIES), lambda n, a: [f"a {a}{c} {n}" for c in COLORS])
-    cols = _variant_embeddings(encoder, list(COLORS), lambda c, a: [f"a {a}{c} {n}" for n in CATEGORIES])
+    cats, cols = tables or variant_tables(encoder)
     cat = torch.einsum("bd,cvd->bcv", img, cats).amax(2).argmax(1)
     col = torch.einsum("bd,cvd->bcv", img, cols).amax(2).argmax(1)
     return cat, col
