@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from cdm3d.errors import ArgumentParser, Cdm3dError, InputError, one_line
-from cdm3d.paths import DEFAULT_MODEL
+from cdm3d.paths import DEFAULT_IMAGE_MODEL, DEFAULT_MODEL
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,17 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=None, help="guidance scale for every diffusion stage")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--mesher", choices=["sdf", "poisson"], default=None, help="mesh stage (default: the folder's)")
+    p.add_argument("--images", action="store_true", help="text -> image: run the shipped image cascade")
+    p.add_argument(
+        "--via-image",
+        nargs="?",
+        type=Path,
+        const=DEFAULT_IMAGE_MODEL,
+        default=None,
+        metavar="FOLDER",
+        help="text -> image -> 3D: generate an image first (default: the shipped image cascade) and condition "
+        "the 3D stages on its CLIP embedding and the prompt's",
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--no-preview", action="store_true", help="do not write preview PNGs")
     p.set_defaults(func=_generate)
@@ -254,31 +265,41 @@ def _generate(args: argparse.Namespace) -> int:
         raise InputError(f"--steps must be at least 1, got {args.steps}")
     if args.guidance is not None and not 0 <= args.guidance < float("inf"):
         raise InputError(f"--guidance must be a finite number >= 0, got {args.guidance}")
-    if not args.model.is_dir():
-        raise InputError(f"no cascade folder at {args.model}")
+    if args.images and args.via_image is not None:
+        raise InputError("--images and --via-image exclude each other")
+    model = DEFAULT_IMAGE_MODEL if args.images and args.model == DEFAULT_MODEL else args.model
+    for folder in (model, args.via_image):
+        if folder is not None and not folder.is_dir():
+            raise InputError(f"no cascade folder at {folder}")
     from cdm3d.stages import load_builtin
 
     device = _check_device(args.device)
     load_builtin()
     from cdm3d.pipelines import with_mesher
 
-    cascade = with_mesher(Cascade.from_pretrained(args.model), args.mesher)
-    _prepare_output_folder(args.out, cascade.names, len(args.prompts), args.force)
-    out = cascade(
-        args.prompts,
-        seed=args.seed,
-        stop_at=args.stop_at,
-        sampling=sampling_overrides(cascade, args.steps, args.guidance),
-        device=device,
-    )
+    cascade = with_mesher(Cascade.from_pretrained(model), args.mesher)
+    sampling = sampling_overrides(cascade, args.steps, args.guidance)
+    if args.via_image is None:
+        _prepare_output_folder(args.out, cascade.names, len(args.prompts), args.force)
+        outputs = cascade(args.prompts, seed=args.seed, stop_at=args.stop_at, sampling=sampling, device=device).outputs
+    else:
+        painter = Cascade.from_pretrained(args.via_image)
+        stems = [f"image.{n}" for n in painter.names] + cascade.names
+        _prepare_output_folder(args.out, stems, len(args.prompts), args.force)
+        first = painter(
+            args.prompts, seed=args.seed, sampling=sampling_overrides(painter, args.steps, args.guidance), device=device
+        )
+        cond = cascade.encode(args.prompts, first.final.pixels)
+        second = cascade.run(cond, seed=args.seed, stop_at=args.stop_at, sampling=sampling, device=device)
+        outputs = {f"image.{k}": v for k, v in first.outputs.items()} | second.outputs
+    final = next(reversed(outputs.values()))
     # Everything was checked before sampling; each file is written atomically.
-    for name, result in out.outputs.items():
+    for name, result in outputs.items():
         save = getattr(result, "save_all", None)
         if save is None:
             continue
         for path in save(args.out, stem=name, force=True):
             print(path)
-    final = out.final
     if not args.no_preview and hasattr(final, "preview"):
         from cdm3d.render.preview import save_png
 

@@ -123,3 +123,44 @@ def test_bad_devices_are_one_line_errors(tmp_path, capsys) -> None:
     for device in ("gpu", "cuda:0" if not __import__("torch").cuda.is_available() else "tpu"):
         assert main(["generate", "a cube", "--model", str(model), "-o", str(tmp_path / "o"), "--device", device]) == 2
         assert "device" in capsys.readouterr().err
+
+
+def _tiny_image_cascade(folder) -> None:
+    import torch
+
+    from cdm3d.core import Cascade, ClipEncoder, build_stage
+    from cdm3d.stages import load_builtin
+
+    load_builtin()
+    net = {"channels": 16, "mults": [1, 2], "attention": [], "heads": 2, "groups": 4}
+    base = build_stage({"type": "images.base", "embed_dim": 128, "size": 8, "network": net})
+    sr = build_stage({"type": "images.sr", "embed_dim": 128, "size": 16, "low_size": 8, "network": net})
+    for stage in (base, sr):
+        for p in stage.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+    Cascade([("base", base), ("sr", sr)], clip=ClipEncoder.default()).save_pretrained(folder)
+
+
+def test_generate_writes_images_and_text_image_3d_results(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from cdm3d.core import Cascade, ClipEncoder
+    from cdm3d.eval.bench import point_cascade
+
+    _tiny_image_cascade(tmp_path / "img")
+    shape = point_cascade("tiny", "cpu")
+    Cascade(list(shape.stages.items()), clip=ClipEncoder.default()).save_pretrained(tmp_path / "shape")
+    out = tmp_path / "out"
+    assert main(["generate", "a red mug", "--model", str(tmp_path / "img"), "--steps", "2", "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["base_0.png", "preview_0.png", "sr_0.png"]
+    assert Image.open(out / "sr_0.png").size == (16, 16) and Image.open(out / "base_0.png").size == (8, 8)
+    argv = ["generate", "a red mug", "--model", str(tmp_path / "shape"), "--via-image", str(tmp_path / "img")]
+    argv += ["--steps", "2", "-o", str(tmp_path / "both")]
+    assert main(argv) == 0
+    names = sorted(p.name for p in (tmp_path / "both").iterdir())
+    assert {"image.base_0.png", "image.sr_0.png", "coarse_0.ply", "upsample_0.ply", "preview_0.png"} <= set(names)
+    capsys.readouterr()
+    assert main(argv) == 2  # the results exist: no overwrite without --force
+    assert "--force" in capsys.readouterr().err
+    assert main([*argv[:-2], "--images", "-o", str(tmp_path / "x")]) == 2
+    assert "exclude each other" in capsys.readouterr().err
