@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdm3d import ImageTo3D, TextTo3D
+from cdm3d import ImageTo3D, TextTo3D, TextToImage, TextToImageTo3D
 from cdm3d.errors import InputError
 
 
@@ -15,7 +15,7 @@ def pipe() -> TextTo3D:
 
 
 def test_text_to_3d_returns_every_stage_and_a_coloured_mesh(pipe, tmp_path) -> None:
-    out = pipe(["a tall red lamp", "a blue mug"], seed=0, steps=2, progress=False)
+    out = pipe(["a tall red lamp", "a blue mug"], seed=0, progress=False)
     coarse, up = pipe.cascade.stages["coarse"].config, pipe.cascade.stages["upsample"].config
     assert out.coarse_points.coords.shape == (2, coarse.num_points, 3)
     assert out.points.coords.shape == (2, up.coarse_points + up.num_points, 3)
@@ -51,3 +51,32 @@ def test_image_to_3d_from_a_render_file(pipe, tmp_path) -> None:
         image_pipe(tmp_path / "missing.png", steps=2, progress=False)
     with pytest.raises(InputError, match="must be paths"):
         image_pipe([3.5], steps=2, progress=False)
+
+
+def test_the_shipped_mesher_is_the_learned_sdf_and_poisson_is_a_choice(pipe) -> None:
+    from cdm3d.pipelines import with_mesher
+
+    assert pipe.cascade.stages["mesh"].config.type == "mesh.sdf"
+    out = pipe("a red cube", seed=0, progress=False)
+    mesh = out.mesh.to_trimesh(0)
+    assert mesh.is_watertight and mesh.volume > 0
+    poisson = with_mesher(pipe.cascade, "poisson")
+    assert poisson.stages["mesh"].config.type == "mesh.poisson"
+    assert pipe.cascade.stages["mesh"].config.type == "mesh.sdf"  # the original is left as it was
+    assert with_mesher(pipe.cascade, "sdf") is pipe.cascade
+    with pytest.raises(InputError, match="unknown mesher"):
+        with_mesher(pipe.cascade, "marching")
+    with pytest.raises(InputError, match="no trained mesh.sdf"):
+        with_mesher(poisson, "sdf")
+
+
+def test_text_to_image_and_text_to_image_to_3d(pipe) -> None:
+    painter = TextToImage.from_pretrained()
+    out = painter(["a red mug", "a blue cone"], seed=0, progress=False)
+    sr = painter.cascade.stages[painter.cascade.names[-1]].config
+    assert out.images.pixels.shape == (2, 3, sr.size, sr.size)
+    both = TextToImageTo3D(painter, TextTo3D(pipe.cascade))("a red mug", seed=0, stop_at="coarse", progress=False)
+    assert both.images.pixels.shape == (1, 3, sr.size, sr.size)
+    assert torch.allclose(both.images.pixels[0], out.images.pixels[0], atol=1e-3)  # same seed, same image
+    assert set(both.output.cond.embeddings) == {"text", "image"}
+    assert both.coarse_points.coords.shape[0] == 1
