@@ -68,6 +68,9 @@ def test_marching_cubes_of_a_sphere_is_closed_outward_and_accurate() -> None:
     assert mesh.is_watertight and mesh.is_winding_consistent
     assert mesh.volume == pytest.approx(4 / 3 * np.pi * 0.125, rel=0.02)  # positive: normals point outward
     assert np.allclose(mesh.bounds, [[-0.3, -0.5, -0.5], [0.7, 0.5, 0.5]], atol=0.01)
+    smoothed = trimesh.Trimesh(*stage.marching_cubes(values, smooth=10))
+    assert smoothed.is_watertight and smoothed.volume == pytest.approx(mesh.volume, rel=0.02)  # Taubin: no shrink
+    assert not np.allclose(smoothed.vertices, mesh.vertices)
 
 
 def test_a_surface_cut_by_the_grid_border_is_closed() -> None:

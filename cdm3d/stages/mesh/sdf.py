@@ -46,6 +46,8 @@ class SDFSamplingConfig(StrictConfig):
     autocast: bool = True  # bf16 on CUDA
     # Drop connected pieces with fewer than this fraction of the mesh's faces (the largest is always kept).
     min_component: float = Field(0.02, ge=0.0, lt=1.0)
+    # Taubin smoothing iterations on the extracted mesh (moves vertices only: the mesh stays watertight).
+    smooth: int = Field(5, ge=0, le=200)
 
 
 class SDFMeshConfig(TrainableStageConfig):
@@ -164,7 +166,7 @@ class SDFMeshStage(TrainableStage):
             raise SamplingError(f"stage '{self.name}': the predicted distance field holds NaN or Inf values")
         vs, fs, cs = [], [], []
         for i in range(len(prev)):
-            v, f = self.marching_cubes(grids[i].numpy(), s.min_component)
+            v, f = self.marching_cubes(grids[i].numpy(), s.min_component, s.smooth)
             if len(f) == 0:
                 raise SamplingError(
                     f"stage '{self.name}': item {i} has no surface (the predicted distance never changes sign); "
@@ -177,7 +179,9 @@ class SDFMeshStage(TrainableStage):
             callback(1, 1)
         return Meshes(vs, fs, cs)
 
-    def marching_cubes(self, values: np.ndarray, min_component: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def marching_cubes(
+        self, values: np.ndarray, min_component: float = 0.0, smooth: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Vertices ``[V, 3]`` (float32, world units) and faces ``[F, 3]`` of the zero level set of a
         ``[G, G, G]`` grid of signed distances over ``[-bound, bound]^3``; empty arrays if there is none."""
         from skimage.measure import marching_cubes
@@ -192,6 +196,12 @@ class SDFMeshStage(TrainableStage):
         faces = faces.astype(np.int64)
         if min_component > 0:
             verts, faces = _drop_small_components(verts, faces, min_component)
+        if smooth > 0:
+            import trimesh
+
+            mesh = trimesh.Trimesh(verts, faces, process=False)
+            trimesh.smoothing.filter_taubin(mesh, iterations=smooth)
+            verts = np.asarray(mesh.vertices)
         return verts.astype(np.float32), faces
 
     # -- training -----------------------------------------------------------------------------
