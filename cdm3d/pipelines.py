@@ -135,8 +135,8 @@ class _Pipeline:
         return Result(out)
 
 
-class TextTo3D(_Pipeline):
-    """Prompts -> coarse points -> dense points -> mesh."""
+class _PromptPipeline(_Pipeline):
+    """A pipeline whose cascade starts from prompts."""
 
     def __call__(
         self,
@@ -150,6 +150,10 @@ class TextTo3D(_Pipeline):
         progress: bool = True,
     ) -> Result:
         return self._run(self.cascade.encode(prompts), seed, steps, guidance, stop_at, device, progress)
+
+
+class TextTo3D(_PromptPipeline):
+    """Prompts -> coarse points -> dense points -> mesh."""
 
 
 def load_images(images: Any) -> torch.Tensor:
@@ -226,23 +230,10 @@ class ImageTo3D(_Pipeline):
         return self._run(cond, seed, steps, guidance, stop_at, device, progress)
 
 
-class TextToImage(_Pipeline):
+class TextToImage(_PromptPipeline):
     """Prompts -> a low-resolution image -> a super-resolved image (the shipped ``weights/images`` cascade)."""
 
     default_path = DEFAULT_IMAGE_MODEL
-
-    def __call__(
-        self,
-        prompts: str | list[str],
-        *,
-        seed: int = 0,
-        steps: int | None = None,
-        guidance: float | None = None,
-        stop_at: str | None = None,
-        device: str | None = None,
-        progress: bool = True,
-    ) -> Result:
-        return self._run(self.cascade.encode(prompts), seed, steps, guidance, stop_at, device, progress)
 
 
 class TextToImageTo3D:

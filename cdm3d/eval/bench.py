@@ -83,15 +83,20 @@ def peak_tflops(device: torch.device) -> float | None:
     return None
 
 
+def _randomise_zeros(*stages: Any) -> None:
+    """Give zero-initialised layers random weights (seeded), so random-weight timings do real arithmetic."""
+    torch.manual_seed(0)
+    for stage in stages:
+        for p in stage.parameters():
+            if p.ndim >= 1 and p.abs().sum() == 0:
+                torch.nn.init.normal_(p, std=0.02)
+
+
 def point_cascade(geometry: str | Path, device: str) -> Cascade:
     """The two point stages of a named geometry (random weights) or of a cascade folder (its weights)."""
     if str(geometry) in GEOMETRIES:
         coarse, upsample = (build_stage(c) for c in GEOMETRIES[str(geometry)])
-        torch.manual_seed(0)
-        for stage in (coarse, upsample):  # random, non-zero output layers: real arithmetic everywhere
-            for p in stage.parameters():
-                if p.ndim >= 1 and p.abs().sum() == 0:
-                    torch.nn.init.normal_(p, std=0.02)
+        _randomise_zeros(coarse, upsample)
         return Cascade([("coarse", coarse), ("upsample", upsample)]).to(device)
     path = Path(geometry)
     if not path.is_dir():
@@ -293,10 +298,7 @@ def mesh_stage(geometry: str | Path, device: str) -> Any:
         if found:
             return found[-1].to(device)
     stage = build_stage(SDF_GEOMETRY)
-    torch.manual_seed(0)
-    for p in stage.parameters():
-        if p.ndim >= 1 and p.abs().sum() == 0:
-            torch.nn.init.normal_(p, std=0.02)
+    _randomise_zeros(stage)
     return stage.to(device)
 
 

@@ -124,10 +124,10 @@ def evaluate_images(
         "generation_seconds": round(generation_s, 1),
     }
     if sr_noaug is not None:
-        from cdm3d.training.data.images import resize
+        from cdm3d.stages.images.sr import resize_images
 
         noaug = load_stage(sr_noaug, "images.sr")
-        low_real = Images(resize(real * 2 - 1, sr.config.low_size).add(1).div(2).clamp(0, 1))
+        low_real = Images(resize_images(real * 2 - 1, sr.config.low_size).add(1).div(2).clamp(0, 1))
         rows = {}
         levels = sorted({0.0, sr.config.sampling.aug_level, 0.3})
         for label, stage, lv in [("with_augmentation", sr, lv) for lv in levels] + [

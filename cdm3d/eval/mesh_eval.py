@@ -30,12 +30,12 @@ from cdm3d.errors import Cdm3dError
 from cdm3d.eval.classifier import CLASSIFIER_POINTS, PointClassifier
 from cdm3d.eval.point_metrics import chamfer
 from cdm3d.eval.points_eval import generate, ground_truth, prompts_per_category
-from cdm3d.types import Meshes, PointClouds
+from cdm3d.types import PointClouds
 
 
-def mesh_cloud(meshes: Meshes, index: int, points: int, seed: int = 0) -> torch.Tensor:
-    """``[points, 6]`` surface samples (xyz, rgb in [-1, 1]) of mesh ``index``."""
-    xyz, rgb = sample_colored_points(meshes.to_trimesh(index), points, seed)
+def mesh_cloud(mesh: Any, points: int, seed: int = 0) -> torch.Tensor:
+    """``[points, 6]`` surface samples (xyz, rgb in [-1, 1]) of a vertex-coloured trimesh."""
+    xyz, rgb = sample_colored_points(mesh, points, seed)
     return torch.from_numpy(np.concatenate([xyz, rgb * 2 - 1], 1))
 
 
@@ -72,11 +72,12 @@ def mesh_rows(
             if meshes is None:
                 rows.append({"failed": i})
                 continue
+            mesh = meshes.to_trimesh(i)
             rows.append(
                 {
-                    "cloud": mesh_cloud(meshes, i, CLASSIFIER_POINTS),
-                    "dense": mesh_cloud(meshes, i, 2048, seed=1)[:, :3],
-                    "watertight": bool(meshes.to_trimesh(i).is_watertight),
+                    "cloud": mesh_cloud(mesh, CLASSIFIER_POINTS),
+                    "dense": mesh_cloud(mesh, 2048, seed=1)[:, :3],
+                    "watertight": bool(mesh.is_watertight),
                     "faces": len(meshes.faces[i]),
                 }
             )

@@ -55,7 +55,7 @@ class SuperResStage(DiffusionStage):
 
     def condition_input(self, prev: Any) -> torch.Tensor:
         self.check_prev(prev)
-        return upsample_condition(prev.to_tensor(), self.config.size)
+        return resize_images(prev.to_tensor(), self.config.size)
 
     def to_output(self, x: torch.Tensor, prev: Any) -> Images:
         if not isinstance(prev, Images):
@@ -63,8 +63,8 @@ class SuperResStage(DiffusionStage):
         return Images.from_tensor(x.cpu())
 
 
-def upsample_condition(low: torch.Tensor, size: int) -> torch.Tensor:
-    """``[B, 3, h, w]`` in [-1, 1] -> ``[B, 3, size, size]`` (bilinear, antialiased when shrinking)."""
-    if low.shape[-1] == size and low.shape[-2] == size:
-        return low
-    return F.interpolate(low.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``[B, 3, h, w]`` -> ``[B, 3, size, size]`` (bilinear, antialiased when shrinking)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)

@@ -12,21 +12,18 @@ caption variant per example).
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import Field
-from torch.nn import functional as F
 
 from cdm3d.core import Conditioning, DiffusionStage
-from cdm3d.core.checkpoint import atomic_path
 from cdm3d.core.config import StrictConfig
 from cdm3d.errors import InputError
 from cdm3d.training.data import DATASETS
-from cdm3d.training.data.points import PointCloudData, _quiet_worker, cached_objects, load_embeddings
+from cdm3d.training.data.points import PointCloudData, build_cache, cached_objects, load_embeddings
 
 
 class WorldImagesConfig(StrictConfig):
@@ -48,21 +45,8 @@ def _render(job: tuple[str, int, int]) -> np.ndarray:
 
 
 def build_renders(split: str, objects: int, size: int, path: Path, workers: int = 2) -> torch.Tensor:
-    from tqdm.auto import tqdm
-
     jobs = [(split, i, size) for i in range(objects)]
-    out = np.empty((objects, 3, size, size), np.uint8)
-    if workers > 1:
-        with mp.get_context("spawn").Pool(workers, initializer=_quiet_worker) as pool:
-            for i, arr in enumerate(tqdm(pool.imap(_render, jobs, chunksize=32), total=objects, desc="renders")):
-                out[i] = arr
-    else:
-        for i, job in enumerate(tqdm(jobs, desc="renders")):
-            out[i] = _render(job)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, out)
-    return torch.from_numpy(out)
+    return build_cache(_render, jobs, (3, size, size), np.uint8, path, workers, "renders")
 
 
 def load_renders(split: str, objects: int, size: int, cache_dir: str, workers: int) -> torch.Tensor:
@@ -72,13 +56,6 @@ def load_renders(split: str, objects: int, size: int, cache_dir: str, workers: i
         return found
     path = Path(cache_dir) / f"world-renders-{split}-{objects}x{size}.npy"
     return build_renders(split, objects, size, path, workers)
-
-
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``[B, 3, h, w]`` -> ``[B, 3, size, size]`` (bilinear, antialiased when shrinking)."""
-    if images.shape[-1] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 class WorldImagesData(PointCloudData):
@@ -96,15 +73,15 @@ class WorldImagesData(PointCloudData):
         self.renders = load_renders(config.split, config.objects, config.size, config.cache_dir, config.workers)
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, Conditioning, torch.Tensor | None]:
-        from cdm3d.stages.images.sr import upsample_condition
+        from cdm3d.stages.images.sr import resize_images
 
         idx = torch.randint(0, len(self.renders), (size,), generator=generator)
         images = self.renders[idx].float() / 127.5 - 1
         cfg = self.stage.config
-        x0 = resize(images, cfg.size)
+        x0 = resize_images(images, cfg.size)
         cond_input = None
         if self.stage.consumes is not None:
-            cond_input = upsample_condition(resize(images, cfg.low_size), cfg.size)
+            cond_input = resize_images(resize_images(images, cfg.low_size), cfg.size)
         return x0, self.conditioning(idx, generator), cond_input
 
 

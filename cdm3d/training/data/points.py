@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -54,24 +55,37 @@ def _object_points(job: tuple[str, int, int]) -> np.ndarray:
     return np.concatenate([xyz, rgb * 2 - 1], axis=1).astype(np.float16)
 
 
-def build_geometry(split: str, objects: int, points: int, path: Path, workers: int = 2) -> torch.Tensor:
+def build_cache(
+    job: Callable[[tuple], np.ndarray],
+    jobs: list[tuple],
+    shape: tuple[int, ...],
+    dtype: type,
+    path: Path,
+    workers: int = 2,
+    desc: str = "cache",
+    chunksize: int = 32,
+) -> torch.Tensor:
+    """``[len(jobs), *shape]`` rows ``job(j)``, computed in a process pool and saved atomically to ``path``."""
     from tqdm.auto import tqdm
 
-    jobs = [(split, i, points) for i in range(objects)]
-    out = np.empty((objects, points, 6), np.float16)
+    out = np.empty((len(jobs), *shape), dtype)
     if workers > 1:
         with mp.get_context("spawn").Pool(workers, initializer=_quiet_worker) as pool:
-            for i, arr in enumerate(
-                tqdm(pool.imap(_object_points, jobs, chunksize=64), total=objects, desc="geometry")
-            ):
+            rows = pool.imap(job, jobs, chunksize=chunksize)
+            for i, arr in enumerate(tqdm(rows, total=len(jobs), desc=desc)):
                 out[i] = arr
     else:
-        for i, job in enumerate(tqdm(jobs, desc="geometry")):
-            out[i] = _object_points(job)
+        for i, j in enumerate(tqdm(jobs, desc=desc)):
+            out[i] = job(j)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, out)
     return torch.from_numpy(out)
+
+
+def build_geometry(split: str, objects: int, points: int, path: Path, workers: int = 2) -> torch.Tensor:
+    jobs = [(split, i, points) for i in range(objects)]
+    return build_cache(_object_points, jobs, (points, 6), np.float16, path, workers, "geometry", 64)
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ caption's or a view's CLIP embedding as the point stages are.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from pathlib import Path
 from typing import Literal
 
@@ -20,13 +19,12 @@ import torch
 from pydantic import Field
 
 from cdm3d.core import Conditioning, TrainableStage
-from cdm3d.core.checkpoint import atomic_path
 from cdm3d.core.config import StrictConfig
 from cdm3d.errors import InputError
 from cdm3d.training.data import DATASETS
 from cdm3d.training.data.points import (
     PointCloudData,
-    _quiet_worker,
+    build_cache,
     cached_objects,
     load_embeddings,
     load_geometry,
@@ -55,21 +53,8 @@ def _object_sdf(job: tuple[str, int, int]) -> np.ndarray:
 
 
 def build_sdf(split: str, objects: int, queries: int, path: Path, workers: int = 2) -> torch.Tensor:
-    from tqdm.auto import tqdm
-
     jobs = [(split, i, queries) for i in range(objects)]
-    out = np.empty((objects, queries, 4), np.float16)
-    if workers > 1:
-        with mp.get_context("spawn").Pool(workers, initializer=_quiet_worker) as pool:
-            for i, arr in enumerate(tqdm(pool.imap(_object_sdf, jobs, chunksize=32), total=objects, desc="sdf")):
-                out[i] = arr
-    else:
-        for i, job in enumerate(tqdm(jobs, desc="sdf")):
-            out[i] = _object_sdf(job)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, out)
-    return torch.from_numpy(out)
+    return build_cache(_object_sdf, jobs, (queries, 4), np.float16, path, workers, "sdf")
 
 
 class WorldSDFData(PointCloudData):
