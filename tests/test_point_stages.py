@@ -149,3 +149,26 @@ def test_anchored_upsampler_outputs_anchors_plus_scaled_offsets() -> None:
     expected = coarse.coords.repeat(1, 3, 1) + torch.tensor([stage.config.anchor_scale, 0.0, 0.0])
     assert torch.allclose(out.coords[:, 8:], expected)
     assert torch.allclose(out.colors[:, 8:], coarse.colors.repeat(1, 3, 1))
+
+
+def test_local_blocks_keep_permutation_equivariance_and_start_as_the_plain_network() -> None:
+    from cdm3d.models.point_transformer import PointDenoiser, PointTransformerConfig
+
+    torch.manual_seed(0)
+    plain = PointDenoiser(PointTransformerConfig(**{**TINY_NET, "layers": 2}), 6, D, 2)
+    local = PointDenoiser(PointTransformerConfig(**{**TINY_NET, "layers": 2}, local_k=5, local_width=8), 6, D, 2)
+    for p in plain.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    # The plain network's tensors load unchanged; the local blocks (zero output) add nothing yet.
+    missing, unexpected = local.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("local_blocks.") for k in missing)
+    x, t, emb = torch.randn(2, 20, 6), torch.tensor([10.0, 500.0]), torch.randn(2, 2, D)
+    torch.testing.assert_close(local(x, t, emb), plain(x, t, emb))
+    # Trained local blocks change the output, and permuting the points permutes it.
+    for name, p in local.named_parameters():
+        if name.startswith("local_blocks."):
+            torch.nn.init.normal_(p, std=0.3)
+    out = local(x, t, emb)
+    assert not torch.allclose(out, plain(x, t, emb), atol=1e-3)
+    perm = torch.randperm(20)
+    torch.testing.assert_close(local(x[:, perm], t, emb), out[:, perm], atol=1e-5, rtol=1e-4)

@@ -171,3 +171,31 @@ def test_real_data_shards_train_through_the_same_trainer(data_dir, tmp_path) -> 
     )
     losses = Trainer(recipe, tmp_path / "run").fit(progress=False)
     assert len(losses) == 5 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_warm_start_loads_a_trained_stage_into_a_network_with_added_layers(data_dir, tmp_path) -> None:
+    from cdm3d.core import load_stage
+    from cdm3d.errors import CheckpointError, ConfigError
+
+    Trainer(_recipe(data_dir, steps=10), tmp_path / "plain").fit(progress=False)
+    weights = tmp_path / "plain" / "stage.safetensors"
+    recipe = _recipe(data_dir, steps=10, init_from=str(weights))
+    recipe.stage["network"] = {**recipe.stage["network"], "local_k": 4, "local_width": 8}
+    trainer = Trainer(recipe, tmp_path / "local")
+    trained = load_stage(weights).state_dict()
+    for k, v in trained.items():
+        assert torch.equal(trainer.stage.state_dict()[k], v), k
+        assert torch.equal(trainer.ema.state_dict()[k], v), k
+    assert any(k.startswith("net.local_blocks.") for k in set(trainer.stage.state_dict()) - set(trained))
+    assert len(trainer.fit(progress=False)) == 10
+    # A file of another stage type, a changed network, or no file: each a clear error.
+    up = tmp_path / "up"
+    Trainer(_recipe(data_dir, "points.upsample", steps=2), up).fit(progress=False)
+    with pytest.raises(ConfigError, match="points.upsample"):
+        Trainer(_recipe(data_dir, steps=2, init_from=str(up / "stage.safetensors")), tmp_path / "x")
+    wide = _recipe(data_dir, steps=2, init_from=str(weights))
+    wide.stage["network"] = {"width": 48, "layers": 1, "heads": 2}
+    with pytest.raises(ConfigError, match="does not fit"):
+        Trainer(wide, tmp_path / "y")
+    with pytest.raises(CheckpointError):
+        Trainer(_recipe(data_dir, steps=2, init_from=str(tmp_path / "missing.safetensors")), tmp_path / "z")

@@ -4,6 +4,15 @@ The CLIP tokens, the timestep and (for upsamplers) the conditioning cloud enter
 as extra tokens; the points carry no positional encoding, so the network is
 permutation-equivariant over points. Attention runs through
 ``scaled_dot_product_attention`` (flash attention on CUDA).
+
+With ``local_k > 0`` each transformer block is followed by a local block in the
+manner of EdgeConv (Wang et al. 2019): every point aggregates (max) the features
+of its ``local_k`` nearest neighbours in the noisy input, with their offsets.
+Global attention decides the shape; the local blocks let a small network see
+where the surface is near each point, which is what the low-noise steps need
+(fine denoising). Still permutation-equivariant: neighbours are found by
+distance, not by index. The local blocks' outputs start at zero, so a network
+with them starts as the same function as one without (warm starts keep it).
 """
 
 from __future__ import annotations
@@ -24,6 +33,10 @@ class PointTransformerConfig(StrictConfig):
     layers: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
+    # Nearest neighbours each point aggregates after every block (0: global attention only).
+    local_k: int = Field(0, ge=0)
+    local_width: int = Field(64, ge=1)  # channels of the neighbour features
+    local_layers: int = Field(0, ge=0)  # local blocks after the last this many blocks (0: after every block)
 
     @model_validator(mode="after")
     def _check(self) -> PointTransformerConfig:
@@ -49,6 +62,33 @@ class Block(nn.Module):
         attn = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         x = x + self.proj(attn.transpose(1, 2).reshape(b, n, w))
         return x + self.mlp(self.ln2(x))
+
+
+class LocalBlock(nn.Module):
+    """Max over each point's nearest neighbours of ``GELU(A h_j + B (p_j - p_i))``, projected, added."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(width)
+        self.feat = nn.Linear(width, hidden)
+        self.offset = nn.Linear(3, hidden)
+        self.proj = nn.Linear(hidden, width)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: torch.Tensor, pos: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``h [B, N, W]``, ``pos [B, N, 3]``, ``idx [B, N, k]`` (neighbour indices) -> ``[B, N, W]``."""
+        b, n, k = idx.shape
+        flat = (idx + torch.arange(b, device=idx.device)[:, None, None] * n).view(-1)
+        f = self.feat(self.ln(h)).reshape(b * n, -1)[flat].view(b, n, k, -1)
+        rel = pos.reshape(b * n, 3)[flat].view(b, n, k, 3) - pos[:, :, None]
+        return h + self.proj(F.gelu(f + self.offset(rel.to(f.dtype))).amax(2))
+
+
+def nearest(pos: torch.Tensor, k: int) -> torch.Tensor:
+    """``[B, N, k]``: indices of each point's ``k`` nearest points (itself included)."""
+    d = torch.cdist(pos.float(), pos.float())
+    return d.topk(min(k, pos.shape[1]), dim=-1, largest=False).indices
 
 
 class PointDenoiser(nn.Module):
@@ -96,6 +136,12 @@ class PointDenoiser(nn.Module):
             self.anchor_proj = nn.Linear(cond_channels, w)
         self.ln_pre = nn.LayerNorm(w)
         self.blocks = nn.ModuleList(Block(w, config.heads, config.mlp_ratio) for _ in range(config.layers))
+        self.local_k = config.local_k
+        self.local_from = 0
+        if config.local_k:
+            count = min(config.local_layers or config.layers, config.layers)
+            self.local_from = config.layers - count
+            self.local_blocks = nn.ModuleList(LocalBlock(w, config.local_width) for _ in range(count))
         self.ln_post = nn.LayerNorm(w)
         self.output_proj = nn.Linear(w, channels)
         # Start as the zero function: stabler early training (as Point-E does with init_scale).
@@ -122,8 +168,18 @@ class PointDenoiser(nn.Module):
             points = points + self.anchor_proj(tile_anchors(cond, n))
         h = torch.cat([*tokens, points], dim=1)
         h = self.ln_pre(h)
-        for block in self.blocks:
-            h = block(h)
+        if self.local_k:
+            pos = x[..., :3]
+            idx = nearest(pos, self.local_k)
+            m = h.shape[1] - n
+            for i, block in enumerate(self.blocks):
+                h = block(h)
+                if i >= self.local_from:
+                    local = self.local_blocks[i - self.local_from]
+                    h = torch.cat([h[:, :m], local(h[:, m:], pos, idx)], dim=1)
+        else:
+            for block in self.blocks:
+                h = block(h)
         return self.output_proj(self.ln_post(h[:, -n:]))
 
 

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 
 from cdm3d.core import TrainableStage
-from cdm3d.core.checkpoint import atomic_path, write_text
+from cdm3d.core.checkpoint import atomic_path, config_from_metadata, load_tensors, write_text
 from cdm3d.core.config import StrictConfig, load_yaml, validate
 from cdm3d.core.stage_io import build_stage, save_stage
 from cdm3d.errors import ConfigError, StorageError, TrainingError
@@ -52,6 +52,9 @@ class TrainSettings(StrictConfig):
     # Non-finite losses are skipped with a warning; this many in a row stop training.
     max_bad_steps: int = Field(5, ge=1)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    # Warm start: a stage weights file of the same type whose tensors initialise the network; tensors the
+    # network has and the file lacks (layers added to a trained model) keep their fresh initialisation.
+    init_from: str | None = None
 
 
 class TrainRecipe(StrictConfig):
@@ -106,6 +109,8 @@ class Trainer:
         load_builtin()
         data_cfg_cls, data_cls = DATASETS.get(data_type)
         self.data = data_cls(validate(data_cfg_cls, recipe.data, "recipe data"), self.stage)
+        if recipe.train.init_from is not None:
+            warm_start(self.stage, recipe.train.init_from)
         self.stage.to(self.device).train()
         self.ema = copy.deepcopy(self.stage).eval().requires_grad_(False)
         self.model: torch.nn.Module = self.stage.net
@@ -302,6 +307,30 @@ class Trainer:
                 f"records with non-finite points; see {self.out / 'data_report.json'}",
                 stacklevel=2,
             )
+
+
+def warm_start(stage: TrainableStage, path: str | Path) -> list[str]:
+    """Initialise ``stage`` from the weights file ``path``; returns the names of the tensors left fresh.
+
+    The file must hold a stage of the same type, and every tensor in it must exist in ``stage`` with the
+    same shape: only additions to the network are allowed, never a changed or removed tensor.
+    """
+    tensors, meta = load_tensors(path)
+    config = config_from_metadata(path, meta, "stage")
+    if config.get("type") != stage.config.type:
+        raise ConfigError(
+            f"train.init_from: {path} holds a {config.get('type')!r} stage, the recipe trains {stage.config.type!r}"
+        )
+    own = stage.state_dict()
+    bad = [k for k in tensors if k not in own or own[k].shape != tensors[k].shape]
+    if bad:
+        raise ConfigError(
+            f"train.init_from: {path} does not fit the recipe's network ({len(bad)} tensors missing or "
+            f"misshapen there, e.g. {bad[:3]}); only added layers may differ"
+        )
+    fresh = sorted(set(own) - set(tensors))
+    stage.load_state_dict(tensors, strict=False)
+    return fresh
 
 
 def truncate_log(path: Path, step: int) -> None:
