@@ -147,6 +147,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sr-noaug", type=Path, default=None, help="with --images: SR weights trained without augmentation")
     p.add_argument("--shape-model", type=Path, default=None, help="with --images: the 3D cascade for image -> 3D")
     p.add_argument("--fid-reference", type=int, default=1000, help="with --images: real renders FID compares with")
+    p.add_argument(
+        "--image-classifier",
+        type=Path,
+        default=Path("benchmarks/assets/image_classifier.safetensors"),
+        help="with --images: the render classifier (a second fidelity instrument beside zero-shot CLIP)",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (default: print only)")
     p.set_defaults(func=_eval)
 
@@ -171,7 +177,7 @@ def _eval(args: argparse.Namespace) -> int:
         from cdm3d.paths import DEFAULT_IMAGE_MODEL
 
         model = DEFAULT_IMAGE_MODEL if args.model == DEFAULT_MODEL else args.model
-        for path in (args.sr_noaug,):
+        for path in (args.sr_noaug, args.image_classifier):
             if path is not None and not path.is_file():
                 raise InputError(f"weights not found: {path}")
         report = evaluate_images(
@@ -181,6 +187,7 @@ def _eval(args: argparse.Namespace) -> int:
             args.sr_noaug,
             args.shape_model,
             args.classifier if args.shape_model is not None else None,
+            args.image_classifier,
             reference=args.fid_reference,
             speed=not args.skip_speed,
             overrides=settings,

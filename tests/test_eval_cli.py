@@ -108,6 +108,7 @@ def test_eval_images_writes_fidelity_fid_ablation_and_image_to_3d(tmp_path) -> N
     report = json.loads(out.read_text())
     for row in ("base", "sr", "real_renders"):
         assert 0 <= report[row]["category_fidelity"] <= 1 and report[row]["fid"] >= 0
+        assert 0 <= report[row]["classifier_category_fidelity"] <= 1  # the shipped render classifier
     assert report["real_renders"]["fid"] < report["base"]["fid"]  # noise images are far from renders
     ablation = report["cdm_ablation"]
     assert {"with_augmentation_level_0.2", "without_augmentation"} <= set(ablation)

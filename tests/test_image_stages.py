@@ -131,3 +131,16 @@ def test_tiny_image_training_lowers_the_loss(stage, emb_file, tmp_path) -> None:
     losses = Trainer(recipe, tmp_path / "run").fit(progress=False)
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
     assert (emb_file / "cache" / "world-renders-train-16x16.npy").exists()
+
+
+def test_render_cache_is_read_back_not_rebuilt(tmp_path, monkeypatch) -> None:
+    from cdm3d.training.data import images as image_data
+
+    first = image_data.load_renders("train", 6, 16, str(tmp_path), 1)
+    assert first.shape == (6, 3, 16, 16) and (tmp_path / "world-renders-train-6x16.npy").exists()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cache should have been read")
+
+    monkeypatch.setattr(image_data, "build_renders", fail)
+    assert torch.equal(image_data.load_renders("train", 4, 16, str(tmp_path), 1), first[:4])

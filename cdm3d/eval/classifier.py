@@ -1,7 +1,11 @@
-"""A point-cloud classifier of the world's category and (primary) colour, to measure prompt fidelity.
+"""Classifiers of the world's category and (primary) colour, to measure prompt fidelity.
 
-A PointNet (shared per-point MLP, max and mean pooling, two heads) trained on
-world clouds of 1024 points with jitter, so it also reads generated clouds.
+* ``PointClassifier``: a PointNet (shared per-point MLP, max and mean pooling, two
+  heads) trained on world clouds of 1024 points with jitter, so it also reads
+  generated clouds.
+* ``ImageClassifier``: a small CNN trained on the world's default-camera renders
+  (the images the image stages learn), with blur, noise and shift augmentation, so
+  it reads 32 px and generated images too.
 """
 
 from __future__ import annotations
@@ -72,6 +76,113 @@ class PointClassifier(nn.Module):
         model = cls(cfg["width"])
         load_state_into(model, tensors, path)
         return model.eval()
+
+
+IMAGE_CLASSIFIER_SIZE = 64
+
+
+class ImageClassifier(nn.Module):
+    """``pixels [B, 3, H, W]`` in [0, 1] (any size; resized to 64) -> (category, colour) logits."""
+
+    kind = "image_classifier"
+
+    def __init__(self, width: int = 16, categories: int = len(CATEGORIES), colors: int = len(COLORS)) -> None:
+        super().__init__()
+        self.width = width
+        layers: list[nn.Module] = []
+        c_in = 3
+        for mult in (1, 2, 4, 8):  # 64 -> 32 -> 16 -> 8 -> 4
+            c = width * mult
+            layers += [
+                nn.Conv2d(c_in, c, 3, padding=1),
+                nn.GroupNorm(8, c),
+                nn.GELU(),
+                nn.Conv2d(c, c, 3, stride=2, padding=1),
+                nn.GroupNorm(8, c),
+                nn.GELU(),
+            ]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.LayerNorm(2 * c_in), nn.Linear(2 * c_in, 4 * width), nn.GELU())
+        self.category = nn.Linear(4 * width, categories)
+        self.color = nn.Linear(4 * width, colors)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.interpolate(pixels.float(), size=IMAGE_CLASSIFIER_SIZE, mode="bilinear", antialias=True)
+        h = self.features(x * 2 - 1)
+        h = self.head(torch.cat([h.amax((2, 3)), h.mean((2, 3))], -1))
+        return self.category(h), self.color(h)
+
+    @torch.no_grad()
+    def predict(self, pixels: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Category and colour indices of images ``pixels [B, 3, H, W]`` in [0, 1]."""
+        self.eval()
+        cats, cols = [], []
+        for i in range(0, len(pixels), batch):
+            cat, col = self(pixels[i : i + batch])
+            cats.append(cat.argmax(-1))
+            cols.append(col.argmax(-1))
+        return torch.cat(cats), torch.cat(cols)
+
+    def save(self, path: str | Path) -> None:
+        meta = {"categories": list(CATEGORIES), "colors": list(COLORS), "width": self.width}
+        save_tensors(path, self.state_dict(), {"cdm3d.kind": self.kind, "cdm3d.config": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> ImageClassifier:
+        tensors, meta = load_tensors(path)
+        if meta.get("cdm3d.kind") != cls.kind:
+            raise CheckpointError(f"{path} is not a cdm3d image classifier")
+        cfg = json.loads(meta["cdm3d.config"])
+        if cfg["categories"] != list(CATEGORIES) or cfg["colors"] != list(COLORS):
+            raise CheckpointError(f"{path} was trained on another world vocabulary")
+        model = cls(cfg["width"])
+        load_state_into(model, tensors, path)
+        return model.eval()
+
+
+def augment_images(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``x [B, 3, S, S]`` in [0, 1]: half of them through 32 px, then pixel noise and a shift of a few pixels,
+    as generated (and upsampled) images would be."""
+    b, _, s, _ = x.shape
+    low = F.interpolate(F.interpolate(x, size=s // 2, mode="bilinear", antialias=True), size=s, mode="bilinear")
+    pick = (torch.rand(b, 1, 1, 1, generator=generator) < 0.5).to(x.dtype)
+    x = pick * low + (1 - pick) * x
+    x = x + torch.randn(x.shape, generator=generator) * torch.rand(b, 1, 1, 1, generator=generator) * 0.05
+    dx, dy = torch.randint(-3, 4, (2,), generator=generator).tolist()
+    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    return x.clamp(0, 1)
+
+
+def train_image_classifier(
+    renders: torch.Tensor,
+    categories: torch.Tensor,
+    colors: torch.Tensor,
+    steps: int = 1500,
+    batch: int = 64,
+    lr: float = 2e-3,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> ImageClassifier:
+    """Train on renders ``[M, 3, S, S]`` (uint8) with label indices ``[M]``."""
+    from tqdm.auto import tqdm
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = ImageClassifier().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    for _ in tqdm(range(steps), desc="image classifier", disable=not progress):
+        idx = torch.randint(0, len(renders), (batch,), generator=g)
+        x = augment_images(renders[idx].float() / 255, g).to(device)
+        cat, col = model(x)
+        loss = F.cross_entropy(cat, categories[idx].to(device)) + F.cross_entropy(col, colors[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval().cpu()
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

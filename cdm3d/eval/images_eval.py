@@ -1,8 +1,9 @@
 """Evaluation of an image cascade (``images.base`` -> ``images.sr``) on the world's test prompts.
 
-* fidelity: the small CLIP's zero-shot category and colour (the attribute-aware protocol of
-  ``clip_eval``) agree with the prompt's labels; the same protocol on real renders of the
-  test objects gives the ceiling;
+* fidelity: the category and colour of each image agree with the prompt's labels, by two
+  instruments: the small CLIP zero-shot (the attribute-aware protocol of ``clip_eval``) and,
+  when given, a classifier trained on the world's renders (``ImageClassifier``, keys
+  ``classifier_*``); both on real renders of the test objects give the instruments' ceilings;
 * FID between generated images and real renders of test objects, on the features of a
   network trained on the world: the small CLIP's image embedding (128-d, L2-normalised);
 * the CDM ablation: super-resolution with and without conditioning augmentation, both run
@@ -25,6 +26,7 @@ import torch
 from cdm3d.core import Cascade, ClipEncoder, Conditioning, load_stage
 from cdm3d.data.vocab import CATEGORIES, COLORS
 from cdm3d.data.world import World
+from cdm3d.eval.classifier import ImageClassifier
 from cdm3d.eval.clip_eval import attribute_aware_predict, variant_tables
 from cdm3d.eval.points_eval import prompts_per_category
 from cdm3d.types import Images
@@ -57,10 +59,21 @@ def renders(indices: list[int], size: int) -> torch.Tensor:
 
 
 def fidelity(
-    clip: ClipEncoder, pixels: torch.Tensor, prompts: list[tuple[int, str, str, str]], tables
+    clip: ClipEncoder,
+    pixels: torch.Tensor,
+    prompts: list[tuple[int, str, str, str]],
+    tables,
+    classifier: ImageClassifier | None = None,
 ) -> dict[str, Any]:
-    """Zero-shot category / colour agreement with the prompts' labels (``tables``: ``variant_tables(clip)``)."""
-    cat_pred, col_pred = attribute_aware_predict(clip, image_features(clip, pixels), tables)
+    """Category / colour agreement with the prompts' labels: zero-shot (``tables``: ``variant_tables(clip)``)
+    and, with ``classifier``, by the render classifier (keys prefixed ``classifier_``)."""
+    row = _agreement(*attribute_aware_predict(clip, image_features(clip, pixels), tables), prompts)
+    if classifier is not None:
+        row.update({f"classifier_{k}": v for k, v in _agreement(*classifier.predict(pixels), prompts).items()})
+    return row
+
+
+def _agreement(cat_pred, col_pred, prompts: list[tuple[int, str, str, str]]) -> dict[str, Any]:
     cats, cols = list(CATEGORIES), list(COLORS)
     cat_ok = np.array([cats[int(c)] == p[2] for c, p in zip(cat_pred, prompts)], float)
     col_ok = np.array([cols[int(c)] == p[3] for c, p in zip(col_pred, prompts)], float)
@@ -91,14 +104,17 @@ def evaluate_images(
     sr_noaug: str | Path | None = None,
     shape_model: str | Path | None = None,
     classifier: str | Path | None = None,
+    image_classifier: str | Path | None = None,
     reference: int = 1000,
     speed: bool = True,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every image-stage figure of an image cascade folder as a JSON-ready dict (see the module docstring);
-    ``overrides`` (solver, steps) apply to both image stages."""
+    ``overrides`` (solver, steps) apply to both image stages; ``classifier`` is the point classifier (for
+    image -> 3D), ``image_classifier`` the render classifier (a second fidelity instrument)."""
     torch.manual_seed(0)
     cascade = Cascade.from_pretrained(model)
+    judge = None if image_classifier is None else ImageClassifier.load(image_classifier)
     base_name, sr_name = cascade.names[0], cascade.names[-1]
     sr = cascade.stages[sr_name]
     clip = cascade.clip
@@ -112,15 +128,18 @@ def evaluate_images(
     real = renders([p[0] for p in prompts], sr.config.size)
     ref_features = image_features(clip, renders(list(range(2000, 2000 + reference)), sr.config.size))
     fid = lambda images: round(frechet_distance(image_features(clip, images.pixels), ref_features), 4)  # noqa: E731
+    fidelity_of = lambda pixels: fidelity(clip, pixels, prompts, tables, judge)  # noqa: E731
     report: dict[str, Any] = {
         "model": str(model),
         "prompts": len(prompts),
         "fid_features": "small CLIP image embedding (128-d, L2-normalised), trained on the world",
         "fid_reference": f"{reference} default-camera renders of test objects 2000..{2000 + reference - 1}",
         "sampling": {n: s.resolve_sampling(sampling[n]).model_dump() for n, s in cascade.stages.items()},
-        "base": {**fidelity(clip, outs[base_name].pixels, prompts, tables), "fid": fid(outs[base_name])},
-        "sr": {**fidelity(clip, outs[sr_name].pixels, prompts, tables), "fid": fid(outs[sr_name])},
-        "real_renders": {**fidelity(clip, real, prompts, tables), "fid": fid(Images(real))},
+        "fidelity_instruments": "small CLIP zero-shot"
+        + ("" if judge is None else f"; render classifier {image_classifier} (keys classifier_*)"),
+        "base": {**fidelity_of(outs[base_name].pixels), "fid": fid(outs[base_name])},
+        "sr": {**fidelity_of(outs[sr_name].pixels), "fid": fid(outs[sr_name])},
+        "real_renders": {**fidelity_of(real), "fid": fid(Images(real))},
         "generation_seconds": round(generation_s, 1),
     }
     if sr_noaug is not None:
@@ -140,10 +159,10 @@ def evaluate_images(
             key = f"{label}_level_{lv:g}" if label == "with_augmentation" else label
             rows[key] = {
                 "on_generated_low_res": {
-                    **_short(fidelity(clip, on_generated.pixels, prompts, tables)),
+                    **_short(fidelity_of(on_generated.pixels)),
                     "fid": fid(on_generated),
                 },
-                "on_real_low_res": {**_short(fidelity(clip, on_real.pixels, prompts, tables)), "fid": fid(on_real)},
+                "on_real_low_res": {**_short(fidelity_of(on_real.pixels)), "fid": fid(on_real)},
             }
         report["cdm_ablation"] = rows
     if shape_model is not None and classifier is not None:
@@ -161,7 +180,7 @@ def evaluate_images(
 
 
 def _short(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k != "category_fidelity_per_category"}
+    return {k: v for k, v in row.items() if not k.endswith("category_fidelity_per_category")}
 
 
 def _to_3d(shape_model, classifier_path, prompts, real, generated, batch, overrides) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def build_renders(split: str, objects: int, size: int, path: Path, workers: int 
 
 def load_renders(split: str, objects: int, size: int, cache_dir: str, workers: int) -> torch.Tensor:
     """``[objects, 3, size, size]`` uint8 renders, from a cache (any covering one) or rendered and cached."""
-    found = cached_objects(cache_dir, f"world-renders-{split}", objects, (3, size, size))
+    found = cached_objects(cache_dir, f"world-renders-{split}", objects, (3, size, size), tag=size)
     if found is not None:
         return found
     path = Path(cache_dir) / f"world-renders-{split}-{objects}x{size}.npy"

@@ -241,10 +241,13 @@ def _read_cache(path: Path, objects: int, tail: tuple[int, ...]) -> torch.Tensor
     return torch.from_numpy(np.ascontiguousarray(arr[:objects]))
 
 
-def cached_objects(cache_dir: str, name: str, objects: int, tail: tuple[int, ...]) -> torch.Tensor | None:
-    """Rows of a cache ``{name}-{M}x{tail[0]}.npy`` with ``M >= objects`` (the smallest that reads), or None."""
+def cached_objects(
+    cache_dir: str, name: str, objects: int, tail: tuple[int, ...], tag: int | None = None
+) -> torch.Tensor | None:
+    """Rows of a cache ``{name}-{M}x{tag}.npy`` (``tag``: default ``tail[0]``) with ``M >= objects`` (the
+    smallest that reads), or None."""
     found = []
-    for path in Path(cache_dir).glob(f"{name}-*x{tail[0]}.npy"):
+    for path in Path(cache_dir).glob(f"{name}-*x{tail[0] if tag is None else tag}.npy"):
         count = path.name[len(name) + 1 :].split("x", 1)[0]
         if count.isdigit() and int(count) >= objects:
             found.append((int(count), path))
