@@ -41,3 +41,21 @@ def test_image_classifier_round_trip_and_wrong_files(tmp_path) -> None:
         ImageClassifier.load(tmp_path / "p.safetensors")
     with pytest.raises(CheckpointError):
         ImageClassifier.load(tmp_path / "missing.safetensors")
+
+
+def test_both_classifiers_learn_their_training_objects() -> None:
+    from cdm3d.eval.classifier import train_classifier, train_image_classifier, world_labels
+
+    world, n = World("train"), 26
+    cats, cols = world_labels("train", n)
+    renders = torch.stack([(world[i].render(size=32).permute(2, 0, 1) * 255).round().to(torch.uint8) for i in range(n)])
+    images = train_image_classifier(renders, cats, cols, steps=100, batch=16, progress=False)
+    pc, pk = images.predict(renders.float() / 255)
+    assert (pc == cats).float().mean() > 0.5 and (pk == cols).float().mean() > 0.5
+    clouds = []
+    for i in range(n):
+        xyz, rgb = world[i].points(256, seed=0)
+        clouds.append(torch.cat([torch.from_numpy(xyz), torch.from_numpy(rgb) * 2 - 1], -1).float())
+    points = train_classifier(torch.stack(clouds), cats, cols, steps=100, batch=16, progress=False)
+    pc, pk = points.predict(torch.stack(clouds))
+    assert (pc == cats).float().mean() > 0.5 and (pk == cols).float().mean() > 0.5

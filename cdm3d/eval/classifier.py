@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -22,10 +23,38 @@ from cdm3d.data.vocab import CATEGORIES, COLORS
 from cdm3d.errors import CheckpointError
 
 CLASSIFIER_POINTS = 1024
+T = TypeVar("T", bound="_Classifier")
 
 
-class PointClassifier(nn.Module):
+class _Classifier(nn.Module):
+    """Saving and loading, shared by the classifiers: weights + (vocabulary, width) in safetensors."""
+
+    kind: str
+    what: str
+    width: int
+
+    def save(self, path: str | Path) -> None:
+        meta = {"categories": list(CATEGORIES), "colors": list(COLORS), "width": self.width}
+        save_tensors(path, self.state_dict(), {"cdm3d.kind": self.kind, "cdm3d.config": json.dumps(meta)})
+
+    @classmethod
+    def load(cls: type[T], path: str | Path) -> T:
+        tensors, meta = load_tensors(path)
+        if meta.get("cdm3d.kind") != cls.kind:
+            raise CheckpointError(f"{path} is not a cdm3d {cls.what}")
+        cfg = json.loads(meta["cdm3d.config"])
+        if cfg["categories"] != list(CATEGORIES) or cfg["colors"] != list(COLORS):
+            raise CheckpointError(f"{path} was trained on another world vocabulary")
+        model = cls(cfg["width"])
+        load_state_into(model, tensors, path)
+        return model.eval()
+
+
+class PointClassifier(_Classifier):
     """``x [B, N, 6]`` (xyz, rgb in [-1, 1]) -> (category logits ``[B, C]``, colour logits ``[B, K]``)."""
+
+    kind = "classifier"
+    what = "point classifier"
 
     def __init__(self, width: int = 128, categories: int = len(CATEGORIES), colors: int = len(COLORS)) -> None:
         super().__init__()
@@ -61,30 +90,15 @@ class PointClassifier(nn.Module):
         cat, col = self(x.float())
         return cat.argmax(-1), col.argmax(-1)
 
-    def save(self, path: str | Path) -> None:
-        meta = {"categories": list(CATEGORIES), "colors": list(COLORS), "width": self.width}
-        save_tensors(path, self.state_dict(), {"cdm3d.kind": "classifier", "cdm3d.config": json.dumps(meta)})
-
-    @classmethod
-    def load(cls, path: str | Path) -> PointClassifier:
-        tensors, meta = load_tensors(path)
-        if meta.get("cdm3d.kind") != "classifier":
-            raise CheckpointError(f"{path} is not a cdm3d point classifier")
-        cfg = json.loads(meta["cdm3d.config"])
-        if cfg["categories"] != list(CATEGORIES) or cfg["colors"] != list(COLORS):
-            raise CheckpointError(f"{path} was trained on another world vocabulary")
-        model = cls(cfg["width"])
-        load_state_into(model, tensors, path)
-        return model.eval()
-
 
 IMAGE_CLASSIFIER_SIZE = 64
 
 
-class ImageClassifier(nn.Module):
+class ImageClassifier(_Classifier):
     """``pixels [B, 3, H, W]`` in [0, 1] (any size; resized to 64) -> (category, colour) logits."""
 
     kind = "image_classifier"
+    what = "image classifier"
 
     def __init__(self, width: int = 16, categories: int = len(CATEGORIES), colors: int = len(COLORS)) -> None:
         super().__init__()
@@ -123,22 +137,6 @@ class ImageClassifier(nn.Module):
             cats.append(cat.argmax(-1))
             cols.append(col.argmax(-1))
         return torch.cat(cats), torch.cat(cols)
-
-    def save(self, path: str | Path) -> None:
-        meta = {"categories": list(CATEGORIES), "colors": list(COLORS), "width": self.width}
-        save_tensors(path, self.state_dict(), {"cdm3d.kind": self.kind, "cdm3d.config": json.dumps(meta)})
-
-    @classmethod
-    def load(cls, path: str | Path) -> ImageClassifier:
-        tensors, meta = load_tensors(path)
-        if meta.get("cdm3d.kind") != cls.kind:
-            raise CheckpointError(f"{path} is not a cdm3d image classifier")
-        cfg = json.loads(meta["cdm3d.config"])
-        if cfg["categories"] != list(CATEGORIES) or cfg["colors"] != list(COLORS):
-            raise CheckpointError(f"{path} was trained on another world vocabulary")
-        model = cls(cfg["width"])
-        load_state_into(model, tensors, path)
-        return model.eval()
 
 
 def augment_images(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -204,19 +202,38 @@ def train_classifier(
     progress: bool = True,
 ) -> PointClassifier:
     """Train on clouds ``points [M, P, 6]`` with label indices ``[M]``."""
+
+    def draw(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        sub = torch.rand(len(idx), points.shape[1], generator=g).argsort(1)[:, :CLASSIFIER_POINTS]
+        return augment(torch.gather(points[idx].float(), 1, sub[..., None].expand(-1, -1, 6)), g)
+
+    return _fit(PointClassifier(), draw, len(points), categories, colors, steps, batch, lr, device, seed, progress)
+
+
+def _fit(
+    model: _Classifier,
+    draw,
+    count: int,
+    categories: torch.Tensor,
+    colors: torch.Tensor,
+    steps: int,
+    batch: int,
+    lr: float,
+    device: str,
+    seed: int,
+    progress: bool,
+) -> Any:
+    """Cross-entropy on both heads over ``steps`` batches of ``draw(indices, generator)`` (one-cycle AdamW)."""
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = PointClassifier().to(device)
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    for _ in tqdm(range(steps), desc="classifier", disable=not progress):
-        idx = torch.randint(0, len(points), (batch,), generator=g)
-        sub = torch.rand(batch, points.shape[1], generator=g).argsort(1)[:, :CLASSIFIER_POINTS]
-        x = torch.gather(points[idx].float(), 1, sub[..., None].expand(-1, -1, 6))
-        x = augment(x, g).to(device)
-        cat, col = model(x)
+    for _ in tqdm(range(steps), desc=model.what, disable=not progress):
+        idx = torch.randint(0, count, (batch,), generator=g)
+        cat, col = model(draw(idx, g).to(device))
         loss = F.cross_entropy(cat, categories[idx].to(device)) + F.cross_entropy(col, colors[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
