@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", nargs="*", default=None, help="solver:steps pairs (default: a standard sweep)")
     parser.add_argument("--guidance", type=float, nargs="*", default=None, help="coarse guidance scales to sweep")
     parser.add_argument("--tolerance", type=float, default=0.02)
+    parser.add_argument(
+        "--split", default="test", choices=["test", "val"], help="whose prompts (val: choose settings off the test set)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/solver_sweep.json"))
     args = parser.parse_args(argv)
 
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     cascade = point_stages(args.model)
     names = cascade.names
     classifier = PointClassifier.load(args.classifier)
-    prompts = prompts_per_category(args.per_category)
+    prompts = prompts_per_category(args.per_category, args.split)
     cond = cascade.encode([p[1] for p in prompts])
     categories, colors = [p[2] for p in prompts], [p[3] for p in prompts]
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings] if args.settings else DEFAULT_SETTINGS
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "model": str(args.model),
         "prompts": len(prompts),
+        "split": args.split,
         "threads": torch.get_num_threads(),
         "baseline": base,
         "tolerance": args.tolerance,

@@ -115,3 +115,32 @@ def test_eval_images_writes_fidelity_fid_ablation_and_image_to_3d(tmp_path) -> N
     assert set(ablation["without_augmentation"]) == {"on_generated_low_res", "on_real_low_res"}
     for label in ("image_to_3d", "text_image_to_3d"):
         assert 0 <= report["to_3d"][label]["category_fidelity"] <= 1
+
+
+def test_solver_sweep_rows_per_setting_and_guidance_on_validation_prompts(tmp_path) -> None:
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    import solver_sweep
+
+    from cdm3d.data.world import World
+    from cdm3d.eval.points_eval import prompts_per_category
+
+    tiny = point_cascade("tiny", "cpu")
+    Cascade(list(tiny.stages.items()), clip=ClipEncoder.default()).save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "sweep.json"
+    argv = ["--model", str(tmp_path / "tiny"), "--classifier", str(root / "benchmarks/assets/classifier.safetensors")]
+    argv += ["--settings", "ddim:2", "unipc:2", "--guidance", "1", "3", "--per-category", "1", "--batch", "13"]
+    assert solver_sweep.main([*argv, "--split", "val", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["split"] == "val" and report["prompts"] == 13
+    assert [(r["scheduler"], r["coarse_guidance"]) for r in report["rows"]] == [
+        ("ddim", 1.0),
+        ("ddim", 3.0),
+        ("unipc", 1.0),
+        ("unipc", 3.0),
+    ]
+    val = prompts_per_category(1, "val")
+    assert [p[1] for p in val] == [World("val").caption(p[0]) for p in val] != [p[1] for p in prompts_per_category(1)]

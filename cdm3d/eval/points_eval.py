@@ -24,9 +24,10 @@ from cdm3d.eval.point_metrics import chamfer, distribution_metrics
 from cdm3d.types import PointClouds
 
 
-def prompts_per_category(per_category: int) -> list[tuple[int, str, str, str]]:
-    """``(index, caption, category, primary colour)`` of test objects, ``per_category`` of each category."""
-    world, count, out, i = World("test"), defaultdict(int), [], 0
+def prompts_per_category(per_category: int, split: str = "test") -> list[tuple[int, str, str, str]]:
+    """``(index, caption, category, primary colour)`` of a split's objects (the test split unless told),
+    ``per_category`` of each category."""
+    world, count, out, i = World(split), defaultdict(int), [], 0
     while min(count[c] for c in CATEGORIES) < per_category:
         labels = world.labels(i)
         if count[labels.category] < per_category:
