@@ -117,7 +117,7 @@ def test_eval_images_writes_fidelity_fid_ablation_and_image_to_3d(tmp_path) -> N
         assert 0 <= report["to_3d"][label]["category_fidelity"] <= 1
 
 
-def test_solver_sweep_rows_per_setting_and_guidance_on_validation_prompts(tmp_path) -> None:
+def test_solver_and_augmentation_sweeps_write_a_row_per_setting_on_validation_prompts(tmp_path) -> None:
     import sys
     from pathlib import Path
 
@@ -142,5 +142,13 @@ def test_solver_sweep_rows_per_setting_and_guidance_on_validation_prompts(tmp_pa
         ("unipc", 1.0),
         ("unipc", 3.0),
     ]
+    import upsample_aug_sweep
+
+    argv = ["--model", str(tmp_path / "tiny"), "--classifier", str(root / "benchmarks/assets/classifier.safetensors")]
+    argv += ["--levels", "0", "0.2", "--per-category", "1", "--batch", "13", "--out", str(tmp_path / "aug.json")]
+    assert upsample_aug_sweep.main(argv) == 0
+    aug = json.loads((tmp_path / "aug.json").read_text())
+    assert aug["split"] == "val" and [r["aug_level"] for r in aug["rows"]] == [0.0, 0.2]
+    assert 0 <= aug["coarse"]["category_fidelity"] <= 1
     val = prompts_per_category(1, "val")
     assert [p[1] for p in val] == [World("val").caption(p[0]) for p in val] != [p[1] for p in prompts_per_category(1)]
