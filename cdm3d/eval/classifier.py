@@ -207,11 +207,11 @@ def train_classifier(
         sub = torch.rand(len(idx), points.shape[1], generator=g).argsort(1)[:, :CLASSIFIER_POINTS]
         return augment(torch.gather(points[idx].float(), 1, sub[..., None].expand(-1, -1, 6)), g)
 
-    return _fit(PointClassifier(), draw, len(points), categories, colors, steps, batch, lr, device, seed, progress)
+    return _fit(PointClassifier, draw, len(points), categories, colors, steps, batch, lr, device, seed, progress)
 
 
 def _fit(
-    model: _Classifier,
+    model_cls: type[_Classifier],
     draw,
     count: int,
     categories: torch.Tensor,
@@ -223,12 +223,13 @@ def _fit(
     seed: int,
     progress: bool,
 ) -> Any:
-    """Cross-entropy on both heads over ``steps`` batches of ``draw(indices, generator)`` (one-cycle AdamW)."""
+    """A ``model_cls`` (built after seeding) trained with cross-entropy on both heads over ``steps`` batches of
+    ``draw(indices, generator)`` (one-cycle AdamW)."""
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = model.to(device)
+    model = model_cls().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     for _ in tqdm(range(steps), desc=model.what, disable=not progress):
