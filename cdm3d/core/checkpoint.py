@@ -156,10 +156,16 @@ def config_from_metadata(path: str | Path, meta: dict[str, str], kind: str) -> d
     return config
 
 
-def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Load ``tensors`` into ``module``, naming every missing, unexpected or misshapen key."""
+def load_state_into(
+    module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path, allow_missing: bool = False
+) -> None:
+    """Load ``tensors`` into ``module``, naming every missing, unexpected or misshapen key.
+
+    ``allow_missing``: tensors the module has and the file lacks keep their values (a warm start of a
+    network with added layers); unexpected or misshapen tensors are still refused.
+    """
     own = module.state_dict()
-    missing = sorted(set(own) - set(tensors))
+    missing = [] if allow_missing else sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     misshapen = [
         f"{k} (file {tuple(tensors[k].shape)}, model {tuple(own[k].shape)})"
@@ -177,4 +183,4 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], p
         raise CheckpointError(
             f"{path} does not fit this model: " + "; ".join(problems) + "; use the weights trained with this config"
         )
-    module.load_state_dict(tensors, strict=True)
+    module.load_state_dict(tensors, strict=not allow_missing)

@@ -164,23 +164,11 @@ def train_image_classifier(
     progress: bool = True,
 ) -> ImageClassifier:
     """Train on renders ``[M, 3, S, S]`` (uint8) with label indices ``[M]``."""
-    from tqdm.auto import tqdm
 
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = ImageClassifier().to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    for _ in tqdm(range(steps), desc="image classifier", disable=not progress):
-        idx = torch.randint(0, len(renders), (batch,), generator=g)
-        x = augment_images(renders[idx].float() / 255, g).to(device)
-        cat, col = model(x)
-        loss = F.cross_entropy(cat, categories[idx].to(device)) + F.cross_entropy(col, colors[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval().cpu()
+    def draw(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return augment_images(renders[idx].float() / 255, g)
+
+    return _fit(ImageClassifier, draw, len(renders), categories, colors, steps, batch, lr, device, seed, progress)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -78,17 +78,22 @@ class LocalBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, pos: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """``h [B, N, W]``, ``pos [B, N, 3]``, ``idx [B, N, k]`` (neighbour indices) -> ``[B, N, W]``."""
-        b, n, k = idx.shape
-        flat = (idx + torch.arange(b, device=idx.device)[:, None, None] * n).view(-1)
-        f = self.feat(self.ln(h)).reshape(b * n, -1)[flat].view(b, n, k, -1)
-        rel = pos.reshape(b * n, 3)[flat].view(b, n, k, 3) - pos[:, :, None]
+        f = gather_rows(self.feat(self.ln(h)), idx)
+        rel = gather_rows(pos, idx) - pos[:, :, None]
         return h + self.proj(F.gelu(f + self.offset(rel.to(f.dtype))).amax(2))
 
 
-def nearest(pos: torch.Tensor, k: int) -> torch.Tensor:
-    """``[B, N, k]``: indices of each point's ``k`` nearest points (itself included)."""
-    d = torch.cdist(pos.float(), pos.float())
-    return d.topk(min(k, pos.shape[1]), dim=-1, largest=False).indices
+def nearest(queries: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
+    """``[B, Q, k]``: indices into ``points [B, N, 3]`` of each query's ``k`` nearest points."""
+    d = torch.cdist(queries.float(), points.float())
+    return d.topk(min(k, points.shape[1]), dim=-1, largest=False).indices
+
+
+def gather_rows(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``values [B, N, C]`` at per-batch indices ``idx [B, Q, k]`` -> ``[B, Q, k, C]``."""
+    b, n, c = values.shape
+    flat = (idx + n * torch.arange(b, device=idx.device).view(b, 1, 1)).reshape(-1)
+    return values.reshape(b * n, c)[flat].view(*idx.shape, c)
 
 
 class PointDenoiser(nn.Module):
@@ -137,10 +142,9 @@ class PointDenoiser(nn.Module):
         self.ln_pre = nn.LayerNorm(w)
         self.blocks = nn.ModuleList(Block(w, config.heads, config.mlp_ratio) for _ in range(config.layers))
         self.local_k = config.local_k
-        self.local_from = 0
+        self.local_from = config.layers - min(config.local_layers or config.layers, config.layers)
         if config.local_k:
-            count = min(config.local_layers or config.layers, config.layers)
-            self.local_from = config.layers - count
+            count = config.layers - self.local_from
             self.local_blocks = nn.ModuleList(LocalBlock(w, config.local_width) for _ in range(count))
         self.ln_post = nn.LayerNorm(w)
         self.output_proj = nn.Linear(w, channels)
@@ -168,18 +172,14 @@ class PointDenoiser(nn.Module):
             points = points + self.anchor_proj(tile_anchors(cond, n))
         h = torch.cat([*tokens, points], dim=1)
         h = self.ln_pre(h)
-        if self.local_k:
-            pos = x[..., :3]
-            idx = nearest(pos, self.local_k)
-            m = h.shape[1] - n
-            for i, block in enumerate(self.blocks):
-                h = block(h)
-                if i >= self.local_from:
-                    local = self.local_blocks[i - self.local_from]
-                    h = torch.cat([h[:, :m], local(h[:, m:], pos, idx)], dim=1)
-        else:
-            for block in self.blocks:
-                h = block(h)
+        pos = x[..., :3]
+        idx = nearest(pos, pos, self.local_k) if self.local_k else None
+        m = h.shape[1] - n
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if idx is not None and i >= self.local_from:
+                local = self.local_blocks[i - self.local_from]
+                h = torch.cat([h[:, :m], local(h[:, m:], pos, idx)], dim=1)
         return self.output_proj(self.ln_post(h[:, -n:]))
 
 

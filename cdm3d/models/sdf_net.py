@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cdm3d.core.config import StrictConfig
-from cdm3d.models.point_transformer import Block
+from cdm3d.models.point_transformer import Block, gather_rows, nearest
 
 
 class SDFNetConfig(StrictConfig):
@@ -165,12 +165,9 @@ class PointSDFNet(nn.Module):
         h = self.query_proj(fourier_features(queries, self.octaves))
         if self.neighbours:
             xyz, feats = enc["xyz"], enc["feats"]
-            b, n, w = feats.shape
-            k = min(self.neighbours, n)
-            idx = torch.cdist(queries.float(), xyz.float()).topk(k, dim=-1, largest=False).indices  # [B, Q, K]
-            flat = (idx + n * torch.arange(b, device=idx.device).view(b, 1, 1)).reshape(-1)
-            nbr_feats = feats.reshape(b * n, w)[flat].view(*idx.shape, w)
-            offsets = queries[:, :, None] - xyz.reshape(b * n, 3)[flat].view(*idx.shape, 3)
+            idx = nearest(queries, xyz, self.neighbours)  # [B, Q, K]
+            nbr_feats = gather_rows(feats, idx)
+            offsets = queries[:, :, None] - gather_rows(xyz, idx)
             for layer in self.decoder:
                 h = layer(h, nbr_feats, offsets)
         else:

@@ -28,10 +28,10 @@ import torch
 from pydantic import Field
 
 from cdm3d.core import TrainableStage
-from cdm3d.core.checkpoint import atomic_path, config_from_metadata, load_tensors, write_text
+from cdm3d.core.checkpoint import atomic_path, config_from_metadata, load_state_into, load_tensors, write_text
 from cdm3d.core.config import StrictConfig, load_yaml, validate
 from cdm3d.core.stage_io import build_stage, save_stage
-from cdm3d.errors import ConfigError, StorageError, TrainingError
+from cdm3d.errors import CheckpointError, ConfigError, StorageError, TrainingError
 from cdm3d.training.data import DATASETS, load_builtin
 
 STATE_FILE = "state.pt"
@@ -309,8 +309,8 @@ class Trainer:
             )
 
 
-def warm_start(stage: TrainableStage, path: str | Path) -> list[str]:
-    """Initialise ``stage`` from the weights file ``path``; returns the names of the tensors left fresh.
+def warm_start(stage: TrainableStage, path: str | Path) -> None:
+    """Initialise ``stage`` from the weights file ``path``.
 
     The file must hold a stage of the same type, and every tensor in it must exist in ``stage`` with the
     same shape: only additions to the network are allowed, never a changed or removed tensor.
@@ -321,16 +321,10 @@ def warm_start(stage: TrainableStage, path: str | Path) -> list[str]:
         raise ConfigError(
             f"train.init_from: {path} holds a {config.get('type')!r} stage, the recipe trains {stage.config.type!r}"
         )
-    own = stage.state_dict()
-    bad = [k for k in tensors if k not in own or own[k].shape != tensors[k].shape]
-    if bad:
-        raise ConfigError(
-            f"train.init_from: {path} does not fit the recipe's network ({len(bad)} tensors missing or "
-            f"misshapen there, e.g. {bad[:3]}); only added layers may differ"
-        )
-    fresh = sorted(set(own) - set(tensors))
-    stage.load_state_dict(tensors, strict=False)
-    return fresh
+    try:
+        load_state_into(stage, tensors, path, allow_missing=True)
+    except CheckpointError as err:
+        raise ConfigError(f"train.init_from: {err}; only added layers may differ") from None
 
 
 def truncate_log(path: Path, step: int) -> None:
