@@ -21,6 +21,7 @@ from toy_signals import (
 
 from cdm3d.core import Cascade
 from cdm3d.core.config import validate
+from cdm3d.errors import CheckpointError, ConfigError, InputError
 
 FAST = {"steps": 20, "scheduler": "ddim"}
 
@@ -160,3 +161,84 @@ def test_offload_keeps_stages_off_the_device_between_runs(trained: Cascade) -> N
     assert torch.equal(a["upsample"].values, b["upsample"].values)
     assert {s for s in seen} == {("coarse", "cpu"), ("upsample", "cpu")}
     assert seen[0][0] == "coarse" and seen[-1] == ("upsample", "cpu") and len(seen) == 2 * 20
+
+
+def _toy_expert(switch: int = 300, seed: int = 5) -> ToyCoarseStage:
+    torch.manual_seed(seed)
+    return ToyCoarseStage(validate(ToyCoarseConfig, {"type": "toy.coarse", "diffusion": {"timesteps": [0, switch]}}))
+
+
+def _record_timesteps(stage) -> tuple[list[float], object]:
+    """The timesteps ``stage.net`` is called with, and the hook's handle (``.remove()``)."""
+    seen: list[float] = []
+    handle = stage.net.register_forward_pre_hook(lambda module, args: seen.extend(args[1].tolist()))
+    return seen, handle
+
+
+def test_training_draws_timesteps_from_the_configured_range() -> None:
+    expert = _toy_expert(200)
+    seen, _ = _record_timesteps(expert)
+    expert.loss(torch.zeros(512, COARSE), conditioning(torch.zeros(512, dtype=torch.long)))
+    assert min(seen) >= 0 and max(seen) < 200 and max(seen) > 150
+    with pytest.raises(ConfigError, match="timesteps"):
+        validate(ToyCoarseConfig, {"type": "toy.coarse", "diffusion": {"timesteps": [300, 100]}})
+    with pytest.raises(ConfigError, match="timesteps"):
+        validate(ToyCoarseConfig, {"type": "toy.coarse", "diffusion": {"timesteps": [0, 1001]}})
+
+
+def test_low_noise_expert_denoises_below_its_switch_only(trained: Cascade) -> None:
+    coarse = trained.stages["coarse"]
+    cond = conditioning(_labels(8))
+    plain = coarse.sample(None, cond, generator=torch.Generator().manual_seed(0), sampling=FAST).values
+    expert = _toy_expert(300)
+    (seen_base, handle), (seen_expert, _) = _record_timesteps(coarse), _record_timesteps(expert)
+    coarse.set_expert(expert)
+    try:
+        mixed = coarse.sample(None, cond, generator=torch.Generator().manual_seed(0), sampling=FAST).values
+        assert seen_expert and max(seen_expert) < 300 and min(seen_base) >= 300
+        assert not torch.allclose(mixed, plain)
+        seen_expert.clear()
+        off = coarse.sample(
+            None, cond, generator=torch.Generator().manual_seed(0), sampling={**FAST, "expert": False}
+        ).values
+        assert not seen_expert and torch.equal(off, plain)
+    finally:
+        coarse.set_expert(None)
+        handle.remove()
+
+
+def test_cascade_with_an_expert_round_trips(trained: Cascade, tmp_path) -> None:
+    cond = conditioning(_labels(8))
+    settings = {"coarse": FAST, "upsample": FAST}
+    coarse = trained.stages["coarse"]
+    coarse.set_expert(_toy_expert(300))
+    try:
+        folder = trained.save_pretrained(tmp_path / "toy")
+        a = trained.run(cond, seed=0, sampling=settings, progress=False)
+    finally:
+        coarse.set_expert(None)
+    assert (folder / "coarse.expert.safetensors").is_file()
+    loaded = Cascade.from_pretrained(folder)
+    assert loaded.stages["coarse"].expert is not None and loaded.stages["upsample"].expert is None
+    b = loaded.run(cond, seed=0, sampling=settings, progress=False)
+    assert torch.equal(a["upsample"].values, b["upsample"].values)
+    # A cascade file naming another stage type as the expert is refused on loading.
+    text = (folder / "cascade.yaml").read_text().replace("coarse.expert.safetensors", "upsample.safetensors")
+    (folder / "cascade.yaml").write_text(text)
+    with pytest.raises(CheckpointError, match="expected 'toy.coarse'"):
+        Cascade.from_pretrained(folder)
+
+
+def test_set_expert_refuses_unfit_experts(trained: Cascade) -> None:
+    coarse = trained.stages["coarse"]
+    with pytest.raises(InputError, match="must be a toy.coarse stage"):
+        coarse.set_expert(trained.stages["upsample"])
+    whole_range = ToyCoarseStage(validate(ToyCoarseConfig, {"type": "toy.coarse"}))
+    with pytest.raises(InputError, match="low-noise timesteps only"):
+        coarse.set_expert(whole_range)
+    other_tokens = ToyCoarseStage(
+        validate(ToyCoarseConfig, {"type": "toy.coarse", "cond_keys": ["image"], "diffusion": {"timesteps": [0, 300]}})
+    )
+    with pytest.raises(InputError, match="conditioning"):
+        coarse.set_expert(other_tokens)
+    assert coarse.expert is None

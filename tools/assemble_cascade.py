@@ -25,6 +25,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a stage weights file (.safetensors) or, for stages without weights, a stage config (.yaml)",
     )
     parser.add_argument(
+        "--expert",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="a low-noise expert for stage NAME: the same stage type trained on timesteps [0, switch) only",
+    )
+    parser.add_argument(
         "--sampling",
         action="append",
         default=[],
@@ -53,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 stages.append((name, load_stage(path)))
         by_name = dict(stages)
+        for item in args.expert:
+            name, sep, path = item.partition("=")
+            if not sep or name not in by_name or not hasattr(by_name[name], "set_expert"):
+                raise Cdm3dError(f"--expert {item!r} must look like NAME=FILE with NAME a diffusion stage")
+            by_name[name].set_expert(load_stage(path, expected_type=by_name[name].config.type))
         changes: dict[str, dict] = {}
         for item in args.sampling:
             key, sep, value = item.partition("=")

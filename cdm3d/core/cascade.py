@@ -49,6 +49,8 @@ class ClipRef(StrictConfig):
 class StageEntry(StrictConfig):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
     weights: str
+    # A low-noise expert of the same stage type (DiffusionStage.set_expert).
+    expert: str | None = None
 
 
 class CascadeFile(StrictConfig):
@@ -244,7 +246,12 @@ class Cascade:
             entries = []
             for name, stage in self.stages.items():
                 save_stage(stage, tmp / f"{name}.safetensors")
-                entries.append({"name": name, "weights": f"{name}.safetensors"})
+                entry = {"name": name, "weights": f"{name}.safetensors"}
+                expert = getattr(stage, "expert", None)
+                if expert is not None:
+                    save_stage(expert, tmp / f"{name}.expert.safetensors")
+                    entry["expert"] = f"{name}.expert.safetensors"
+                entries.append(entry)
             clip: dict[str, Any] | None = None
             if self.clip is not None and self.clip.custom_config is not None:
                 # The frozen CLIP ships in half precision: half the size, embeddings equal to ~1e-3.
@@ -292,8 +299,16 @@ class Cascade:
             raise CheckpointError(f"{directory}: format {doc.format!r}; this cdm3d reads {CASCADE_FORMAT!r}")
         stages = []
         for entry in doc.stages:
-            path = _inside(directory, entry.weights)
-            stages.append((entry.name, load_stage(path)))
+            stage = load_stage(_inside(directory, entry.weights))
+            if entry.expert is not None:
+                if not hasattr(stage, "set_expert"):
+                    raise CheckpointError(f"{directory}: stage '{entry.name}' ({stage.config.type}) takes no expert")
+                expert = load_stage(_inside(directory, entry.expert), expected_type=stage.config.type)
+                try:
+                    stage.set_expert(expert)
+                except InputError as err:
+                    raise CheckpointError(f"{directory}: {err}") from None
+            stages.append((entry.name, stage))
         clip = _load_clip(directory, doc.clip) if load_clip and doc.clip is not None else None
         return cls(stages, clip=clip, clip_ref=doc.clip)
 

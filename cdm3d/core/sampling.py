@@ -27,6 +27,7 @@ def sample_loop(
     callback: StepCallback | None = None,
     check_finite: bool = True,
     what: str = "sampling",
+    low_noise: tuple[float, ModelFn] | None = None,
 ) -> torch.Tensor:
     """Run ``scheduler``'s timesteps from ``noise`` (unit variance) to a sample.
 
@@ -40,6 +41,9 @@ def sample_loop(
             non-finite value (on the CPU at once; on a GPU after the loop, without a
             host sync per step).
         what: the name used in errors ("stage 'coarse'").
+        low_noise: ``(switch, fn)``: ``fn`` replaces ``model_fn`` at timesteps below ``switch``
+            (a low-noise expert denoiser, as in eDiff-I). Decided on the CPU copy of the
+            timesteps, so no host synchronisation.
     """
     step_kwargs = {"generator": generator} if step_accepts_generator(scheduler) else {}
     x = noise * scheduler.init_noise_sigma
@@ -53,7 +57,8 @@ def sample_loop(
     for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(x, t)
         t_batch = t_device[i].expand(x.shape[0])
-        pred = model_fn(x_in, t_batch).to(x.dtype)  # a bf16 (autocast) prediction meets an fp32 solver
+        fn = low_noise[1] if low_noise is not None and float(t) < low_noise[0] else model_fn
+        pred = fn(x_in, t_batch).to(x.dtype)  # a bf16 (autocast) prediction meets an fp32 solver
         x = scheduler.step(pred, t, x, return_dict=False, **step_kwargs)[0]
         if check_finite:
             if eager:

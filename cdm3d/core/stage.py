@@ -175,6 +175,8 @@ class SamplingConfig(StrictConfig):
     # Conditioning augmentation level at sampling time, in [0, 1].
     aug_level: float = Field(0.0, ge=0.0, le=1.0)
     check_finite: bool = True
+    # Use the stage's low-noise expert (see DiffusionStage.set_expert) below its switch timestep, when it has one.
+    expert: bool = True
     # bf16 autocast of the denoiser on CUDA (ignored on the CPU); the solver's state stays fp32.
     autocast: bool = True
     # torch.compile the denoiser (compiled once per stage and mode, then reused; pays off for long or
@@ -190,6 +192,25 @@ class DiffusionConfig(StrictConfig):
     # Probability of replacing the CLIP tokens by the null tokens (trains guidance).
     cond_drop_prob: float = Field(0.1, ge=0.0, le=1.0)
     augmentation: AugmentationConfig = AugmentationConfig()
+    # Training timesteps are drawn uniformly from [lo, hi) (default: all of them). A low-noise expert
+    # (DiffusionStage.set_expert) is the same stage trained on [0, switch) only.
+    timesteps: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _check_timesteps(self) -> DiffusionConfig:
+        if self.timesteps is not None:
+            if len(self.timesteps) != 2:
+                raise ValueError(f"timesteps must be [lo, hi], got {self.timesteps}")
+            lo, hi = self.timesteps
+            if not 0 <= lo < hi <= self.schedule.num_train_timesteps:
+                raise ValueError(
+                    f"timesteps must satisfy 0 <= lo < hi <= {self.schedule.num_train_timesteps}, got [{lo}, {hi})"
+                )
+        return self
+
+    def timestep_range(self) -> tuple[int, int]:
+        lo, hi = self.timesteps or (0, self.schedule.num_train_timesteps)
+        return lo, hi
 
 
 class DiffusionStageConfig(TrainableStageConfig):
@@ -228,6 +249,50 @@ class DiffusionStage(TrainableStage):
         self.net = self.build_network()
         # The training-side forward process; not part of the weights.
         self.noise_schedule = NoiseSchedule(config.diffusion.schedule)
+        self.__dict__["expert"] = None  # kept out of the module tree: the expert has its own weights file
+
+    # -- low-noise expert -------------------------------------------------------------
+    expert: DiffusionStage | None
+
+    def set_expert(self, expert: DiffusionStage | None) -> None:
+        """Denoise with ``expert`` below its switch timestep (eDiff-I's expert denoisers, Balaji et al. 2022).
+
+        ``expert`` is a stage of the same type, output shape and conditioning, trained on timesteps
+        ``[0, switch)`` only (``diffusion.timesteps`` in its config). ``None`` removes the expert.
+        """
+        if expert is not None:
+            if type(expert) is not type(self):
+                raise InputError(
+                    f"stage '{self.name}': an expert must be a {self.config.type} stage, got {expert.config.type}"
+                )
+            ours, theirs = self.config.diffusion, expert.config.diffusion
+            same = (
+                expert.sample_shape() == self.sample_shape()
+                and expert.config.cond_keys == self.config.cond_keys
+                and expert.config.embed_dim == self.config.embed_dim
+                and theirs.schedule == ours.schedule
+            )
+            if not same:
+                raise InputError(
+                    f"stage '{self.name}': the expert's output shape, conditioning or noise schedule differs from "
+                    "the stage's; train the expert from the stage's own config"
+                )
+            lo, hi = theirs.timestep_range()
+            if theirs.timesteps is None or lo != 0 or hi >= ours.schedule.num_train_timesteps:
+                raise InputError(
+                    f"stage '{self.name}': an expert must be trained on low-noise timesteps only "
+                    f"(diffusion.timesteps: [0, switch) with switch < {ours.schedule.num_train_timesteps}), "
+                    f"got [{lo}, {hi})"
+                )
+            expert.to(self.device).eval()
+        self.__dict__["expert"] = expert
+
+    def _apply(self, fn: Any, recurse: bool = True) -> DiffusionStage:
+        # .to(), .cpu(), .cuda(), .half() of the stage also apply to its expert.
+        super()._apply(fn, recurse)
+        if self.expert is not None:
+            self.expert._apply(fn, recurse)
+        return self
 
     # -- plugin hooks -----------------------------------------------------------------
     @abstractmethod
@@ -304,6 +369,11 @@ class DiffusionStage(TrainableStage):
         noise = torch.randn((batch, *self.sample_shape()), generator=generator).to(self.device)
         net = self._compiled_net(s.compile_mode) if s.compile else self.net
         model_fn = guided(net, emb, null_emb, s.guidance_scale, (c, level))
+        low_noise = None
+        if self.expert is not None and s.expert:
+            expert = self.expert
+            switch = expert.config.diffusion.timestep_range()[1]
+            low_noise = (switch, guided(expert.net, emb, null_emb, s.guidance_scale, (c, level)))
         use_bf16 = s.autocast and self.device.type == "cuda"
         was_training = self.training
         self.eval()
@@ -317,6 +387,7 @@ class DiffusionStage(TrainableStage):
                     callback=callback,
                     check_finite=s.check_finite,
                     what=f"stage '{self.name}'",
+                    low_noise=low_noise,
                 )
         finally:
             self.train(was_training)
@@ -358,7 +429,7 @@ class DiffusionStage(TrainableStage):
         emb = drop_embeddings(emb, null_emb, self.config.diffusion.cond_drop_prob, generator)
         batch, device = x0.shape[0], x0.device
         schedule = self.noise_schedule
-        t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=generator).to(device)
+        t = torch.randint(*self.config.diffusion.timestep_range(), (batch,), generator=generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
         level = None
         if cond_input is not None:
