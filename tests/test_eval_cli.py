@@ -11,8 +11,17 @@ from cdm3d.core import Cascade, ClipEncoder
 from cdm3d.eval.bench import point_cascade
 
 
+def _tiny_expert(stage):
+    from cdm3d.core import build_stage
+
+    config = stage.config.model_dump(mode="json")
+    config["diffusion"]["timesteps"] = [0, 300]
+    return build_stage(config)
+
+
 def test_eval_writes_fidelity_distribution_and_upsampler_figures(tmp_path, capsys) -> None:
     tiny = point_cascade("tiny", "cpu")
+    tiny.stages["coarse"].set_expert(_tiny_expert(tiny.stages["coarse"]))
     Cascade(list(tiny.stages.items()), clip=ClipEncoder.default()).save_pretrained(tmp_path / "tiny")
     out = tmp_path / "eval.json"
     argv = ["eval", "--model", str(tmp_path / "tiny"), "--per-category", "2", "--batch", "26", "--steps", "2"]
@@ -25,6 +34,12 @@ def test_eval_writes_fidelity_distribution_and_upsampler_figures(tmp_path, capsy
     assert {"1nna_cd", "cov_cd", "mmd_cd"} <= set(mean)
     assert report["upsampler_vs_nearest_neighbour"]["cd_nearest_neighbour"] > 0
     assert report["sampling"]["coarse"]["steps"] == 2
+    ablation = report["expert_ablation"]
+    assert (
+        ablation["switch_timestep"] == 300
+        and ablation["with_expert"]["coarse"] == report["coarse"]["category_fidelity"]
+    )
+    assert 0 <= ablation["without_expert"]["final"] <= 1
     assert main([*argv, "--classifier", str(tmp_path / "none.safetensors")]) == 2
     assert "classifier weights not found" in capsys.readouterr().err
 
@@ -46,6 +61,12 @@ def test_assemble_cascade_sets_default_sampling(tmp_path, capsys) -> None:
     assert assemble_cascade.main(argv) == 0
     sampling = Cascade.from_pretrained(tmp_path / "c", load_clip=False).stages["coarse"].config.sampling
     assert (sampling.scheduler, sampling.steps) == ("unipc", 7)
+    save_stage(_tiny_expert(tiny.stages["coarse"]), tmp_path / "expert.safetensors")
+    expert = ["--expert", f"coarse={tmp_path / 'expert.safetensors'}"]
+    assert assemble_cascade.main([*argv[:-2], *expert, "--out", str(tmp_path / "e")]) == 0
+    assert Cascade.from_pretrained(tmp_path / "e", load_clip=False).stages["coarse"].expert is not None
+    assert assemble_cascade.main([*argv[:-2], "--expert", f"mesh={tmp_path / 'expert.safetensors'}", "--out", "f"]) == 2
+    assert "NAME a diffusion stage" in capsys.readouterr().err
     assert assemble_cascade.main([*argv[:-2], "--sampling", "coarse.steps=zero", "--out", str(tmp_path / "d")]) == 2
     assert "sampling.steps" in capsys.readouterr().err and not (tmp_path / "d").exists()
 

@@ -164,8 +164,9 @@ def evaluate_points(
     per category; 1-NNA, COV and MMD (CD) per category against test clouds of 2048
     points; the upsampler against nearest-neighbour upsampling of ground-truth coarse
     clouds; optionally the conditioning-augmentation ablation on generated coarse
-    clouds; and the batch-1 seconds per sample. ``overrides`` (solver, steps) apply to
-    every point stage, ``guidance`` to the first.
+    clouds; with a low-noise expert in the coarse stage, fidelity without it; and the batch-1
+    seconds per sample. ``overrides`` (solver, steps) apply to every point stage, ``guidance``
+    to the first.
     """
     from cdm3d.core import load_stage
     from cdm3d.eval.stages import point_stages
@@ -214,6 +215,18 @@ def evaluate_points(
             row["aug_level"] = stage.resolve_sampling(settings).aug_level
             ablation[label] = row
         report["augmentation_ablation_on_generated_coarse"] = ablation
+    if getattr(cascade.stages[coarse_name], "expert", None) is not None:
+        # The low-noise expert's ablation: the same prompts and seeds with the coarse stage's own network throughout.
+        plain = {**sampling, coarse_name: {**sampling[coarse_name], "expert": False}}
+        without = generate(cascade, cond, batch, seed=0, sampling=plain)
+        report["expert_ablation"] = {
+            "switch_timestep": cascade.stages[coarse_name].expert.config.diffusion.timestep_range()[1],
+            "with_expert": {k: report[k]["category_fidelity"] for k in ("coarse", "final")},
+            "without_expert": {
+                "coarse": fidelity(classifier, without[coarse_name], categories, colors)["category_fidelity"],
+                "final": fidelity(classifier, without[up_name], categories, colors)["category_fidelity"],
+            },
+        }
     report["generation_seconds"] = round(time.time() - start, 1)
     if speed:
         report["speed_cpu_batch1"] = seconds_per_sample(cascade, captions[0], sampling=sampling)
