@@ -329,6 +329,11 @@ def _info(args: argparse.Namespace) -> int:
         for name, stage in cascade.stages.items():
             params = sum(p.numel() for p in stage.parameters())
             print(f"  {name}: {stage.config.type}, {params / 1e6:.2f} M parameters, produces {stage.produces}")
+            expert = getattr(stage, "expert", None)
+            if expert is not None:
+                params = sum(p.numel() for p in expert.parameters())
+                switch = expert.config.diffusion.timestep_range()[1]
+                print(f"    low-noise expert below timestep {switch}: {params / 1e6:.2f} M parameters")
     return 0
 
 

@@ -46,10 +46,13 @@ def test_info_describes_a_cascade_folder(tmp_path, capsys) -> None:
 
     from cdm3d.core import Cascade, build_stage
 
-    Cascade([("coarse", build_stage({"type": "toy.coarse"}))]).save_pretrained(tmp_path / "c")
+    coarse = build_stage({"type": "toy.coarse"})
+    coarse.set_expert(build_stage({"type": "toy.coarse", "diffusion": {"timesteps": [0, 250]}}))
+    Cascade([("coarse", coarse)]).save_pretrained(tmp_path / "c")
     assert main(["info", "--model", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "coarse: toy.coarse" in out and "M parameters" in out
+    assert "low-noise expert below timestep 250" in out
 
 
 def _tiny_point_cascade(folder) -> None:
