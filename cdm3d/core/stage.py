@@ -373,7 +373,8 @@ class DiffusionStage(TrainableStage):
         if self.expert is not None and s.expert:
             expert = self.expert
             switch = expert.config.diffusion.timestep_range()[1]
-            low_noise = (switch, guided(expert.net, emb, null_emb, s.guidance_scale, (c, level)))
+            expert_net = expert._compiled_net(s.compile_mode) if s.compile else expert.net
+            low_noise = (switch, guided(expert_net, emb, null_emb, s.guidance_scale, (c, level)))
         use_bf16 = s.autocast and self.device.type == "cuda"
         was_training = self.training
         self.eval()
