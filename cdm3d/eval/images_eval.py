@@ -148,7 +148,7 @@ def evaluate_images(
         noaug = load_stage(sr_noaug, "images.sr")
         low_real = Images(resize_images(real * 2 - 1, sr.config.low_size).add(1).div(2).clamp(0, 1))
         rows = {}
-        levels = sorted({0.0, sr.config.sampling.aug_level, 0.3})
+        levels = sorted({0.0, 0.15, 0.3, sr.config.sampling.aug_level})
         for label, stage, lv in [("with_augmentation", sr, lv) for lv in levels] + [
             ("without_augmentation", noaug, 0.0)
         ]:
