@@ -332,8 +332,7 @@ def _info(args: argparse.Namespace) -> int:
             expert = getattr(stage, "expert", None)
             if expert is not None:
                 params = sum(p.numel() for p in expert.parameters())
-                switch = expert.config.diffusion.timestep_range()[1]
-                print(f"    low-noise expert below timestep {switch}: {params / 1e6:.2f} M parameters")
+                print(f"    low-noise expert below timestep {stage.expert_switch}: {params / 1e6:.2f} M parameters")
     return 0
 
 

@@ -287,6 +287,11 @@ class DiffusionStage(TrainableStage):
             expert.to(self.device).eval()
         self.__dict__["expert"] = expert
 
+    @property
+    def expert_switch(self) -> int | None:
+        """The timestep below which the expert denoises (``None`` without an expert)."""
+        return None if self.expert is None else self.expert.config.diffusion.timestep_range()[1]
+
     def _apply(self, fn: Any, recurse: bool = True) -> DiffusionStage:
         # .to(), .cpu(), .cuda(), .half() of the stage also apply to its expert.
         super()._apply(fn, recurse)
@@ -372,9 +377,8 @@ class DiffusionStage(TrainableStage):
         low_noise = None
         if self.expert is not None and s.expert:
             expert = self.expert
-            switch = expert.config.diffusion.timestep_range()[1]
             expert_net = expert._compiled_net(s.compile_mode) if s.compile else expert.net
-            low_noise = (switch, guided(expert_net, emb, null_emb, s.guidance_scale, (c, level)))
+            low_noise = (self.expert_switch, guided(expert_net, emb, null_emb, s.guidance_scale, (c, level)))
         use_bf16 = s.autocast and self.device.type == "cuda"
         was_training = self.training
         self.eval()

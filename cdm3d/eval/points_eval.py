@@ -220,7 +220,7 @@ def evaluate_points(
         plain = {**sampling, coarse_name: {**sampling[coarse_name], "expert": False}}
         without = generate(cascade, cond, batch, seed=0, sampling=plain)
         report["expert_ablation"] = {
-            "switch_timestep": cascade.stages[coarse_name].expert.config.diffusion.timestep_range()[1],
+            "switch_timestep": cascade.stages[coarse_name].expert_switch,
             "with_expert": {k: report[k]["category_fidelity"] for k in ("coarse", "final")},
             "without_expert": {
                 "coarse": fidelity(classifier, without[coarse_name], categories, colors)["category_fidelity"],
