@@ -64,6 +64,26 @@ def test_stage_weights_round_trip_with_config_inside(tmp_path) -> None:
         assert torch.equal(v, loaded.state_dict()[k])
 
 
+def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from cdm3d.core.checkpoint import read_metadata, save_tensors
+
+    tensors = {f"w{i}": torch.full((3, i + 1), float(i)) for i in range(8)}
+    meta = {f"key.{c}": c * 3 for c in "abcdefgh"}  # a hash map's order: 8! ways to differ
+    blobs = []
+    for i in range(4):
+        path = tmp_path / f"w{i}.safetensors"
+        save_tensors(path, tensors, meta)
+        blobs.append(path.read_bytes())
+    assert all(b == blobs[0] for b in blobs)
+    header_len = int.from_bytes(blobs[0][:8], "little")
+    assert header_len % 8 == 0
+    back = load_file(tmp_path / "w0.safetensors")
+    assert back.keys() == tensors.keys() and all(torch.equal(back[k], tensors[k]) for k in tensors)
+    assert {k: v for k, v in read_metadata(tmp_path / "w0.safetensors").items() if k in meta} == meta
+
+
 def test_missing_weights_file(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         load_stage(tmp_path / "nope.safetensors")

@@ -84,13 +84,33 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` and string ``metadata`` to a safetensors file, atomically."""
-    from safetensors.torch import save_file
+    """Write ``tensors`` and string ``metadata`` to a safetensors file, atomically.
+
+    The same tensors and metadata always give the same bytes (see :func:`_canonical_header`).
+    """
+    from safetensors.torch import save
 
     # safetensors refuses shared or non-contiguous storage: store plain copies.
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    blob = _canonical_header(save(plain, metadata={"cdm3d.format": FORMAT_VERSION, **metadata}))
     with atomic_path(path) as tmp:
-        save_file(plain, str(tmp), metadata={"cdm3d.format": FORMAT_VERSION, **metadata})
+        tmp.write_bytes(blob)
+
+
+def _canonical_header(blob: bytes) -> bytes:
+    """``blob`` with its JSON header's keys sorted.
+
+    safetensors writes the header from a hash map, so its key order (and the file's bytes) changes from one
+    save to the next; tensors' offsets are explicit in the header, so reordering it leaves the data as it is.
+    Sorted, a re-saved unchanged file is byte-identical (reproducible shipped weights, no version-control churn).
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads its header with spaces to 8 bytes
+    return len(text).to_bytes(8, "little") + text + blob[8 + n :]
 
 
 def _refuse_non_safetensors(path: Path) -> None:
