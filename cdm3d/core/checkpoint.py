@@ -92,13 +92,16 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 
     # safetensors refuses shared or non-contiguous storage: store plain copies.
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    blob = _canonical_header(save(plain, metadata={"cdm3d.format": FORMAT_VERSION, **metadata}))
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(blob)
+    blob = save(plain, metadata={"cdm3d.format": FORMAT_VERSION, **metadata})
+    header, data_start = _canonical_header(blob)
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        f.write(header)
+        f.write(memoryview(blob)[data_start:])  # the tensor data, not copied again
 
 
-def _canonical_header(blob: bytes) -> bytes:
-    """``blob`` with its JSON header's keys sorted.
+def _canonical_header(blob: bytes) -> tuple[bytes, int]:
+    """The length prefix and JSON header of safetensors ``blob`` with the header's keys sorted, and where
+    ``blob``'s tensor data starts.
 
     safetensors writes the header from a hash map, so its key order (and the file's bytes) changes from one
     save to the next; tensors' offsets are explicit in the header, so reordering it leaves the data as it is.
@@ -110,7 +113,7 @@ def _canonical_header(blob: bytes) -> bytes:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # safetensors pads its header with spaces to 8 bytes
-    return len(text).to_bytes(8, "little") + text + blob[8 + n :]
+    return len(text).to_bytes(8, "little") + text, 8 + n
 
 
 def _refuse_non_safetensors(path: Path) -> None:
