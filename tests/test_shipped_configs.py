@@ -7,7 +7,7 @@ import pytest
 
 import cdm3d.stages  # noqa: F401  (registers the stage plugins)
 from cdm3d.core.config import load_yaml, validate
-from cdm3d.core.registry import STAGES
+from cdm3d.core.stage_io import stage_config
 from cdm3d.training.clip_trainer import load_recipe as load_clip_recipe
 from cdm3d.training.data import DATASETS, load_builtin
 from cdm3d.training.trainer import load_recipe
@@ -17,25 +17,21 @@ STAGE_FILES = sorted((CONFIGS / "stages").glob("*.yaml"))
 RECIPES = sorted((CONFIGS / "train").glob("*.yaml"))
 
 
-def _validate_stage(config: dict, what: str):
-    cls = STAGES.get(config["type"])
-    return validate(cls.Config, config, what)
-
-
 def test_there_are_configs():
     assert len(STAGE_FILES) >= 10 and len(RECIPES) >= 10
 
 
 @pytest.mark.parametrize("path", STAGE_FILES, ids=lambda p: p.name)
 def test_stage_config_validates(path):
-    config = _validate_stage(load_yaml(path), str(path))
-    assert config.type == load_yaml(path)["type"]
+    raw = load_yaml(path)
+    _, config = stage_config(raw, str(path))
+    assert config.type == raw["type"]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_training_recipe_validates(path):
     recipe = load_recipe(path)
-    _validate_stage(recipe.stage, f"{path} stage")
+    stage_config(recipe.stage, f"{path} stage")
     load_builtin()
     data_cfg_cls, _ = DATASETS.get(recipe.data["type"])
     validate(data_cfg_cls, recipe.data, f"{path} data")

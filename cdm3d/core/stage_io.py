@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from cdm3d.core.checkpoint import config_from_metadata, load_state_into, load_tensors, save_tensors
 from cdm3d.core.config import to_json, validate
@@ -11,15 +12,21 @@ from cdm3d.core.stage import Stage
 from cdm3d.errors import CheckpointError, ConfigError
 
 
-def build_stage(config: dict, what: str | None = None) -> Stage:
-    """A fresh (untrained) stage from a config mapping with a ``type`` field."""
+def stage_config(config: dict, what: str | None = None) -> tuple[type[Stage], Any]:
+    """The stage class a config mapping's ``type`` names and the validated config, without building it."""
     if not isinstance(config, dict) or "type" not in config:
         raise ConfigError(f"{what or 'stage config'} needs a 'type' field naming the stage")
     stage_type = config["type"]
     if not isinstance(stage_type, str):
         raise ConfigError(f"{what or 'stage config'}: field 'type' must be a string")
     cls = STAGES.get(stage_type)
-    return cls(validate(cls.Config, config, what or f"config of stage '{stage_type}'"))
+    return cls, validate(cls.Config, config, what or f"config of stage '{stage_type}'")
+
+
+def build_stage(config: dict, what: str | None = None) -> Stage:
+    """A fresh (untrained) stage from a config mapping with a ``type`` field."""
+    cls, validated = stage_config(config, what)
+    return cls(validated)
 
 
 def save_stage(stage: Stage, path: str | Path) -> None:
