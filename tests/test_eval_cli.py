@@ -69,6 +69,12 @@ def test_assemble_cascade_sets_default_sampling(tmp_path, capsys) -> None:
     assert "NAME a diffusion stage" in capsys.readouterr().err
     assert assemble_cascade.main([*argv[:-2], "--sampling", "coarse.steps=zero", "--out", str(tmp_path / "d")]) == 2
     assert "sampling.steps" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    # The CLIP's image framing travels in cascade.yaml and comes back on the loaded encoder.
+    assert assemble_cascade.main([*argv[:-2], "--clip-image-fill", "0.7", "--out", str(tmp_path / "g")]) == 0
+    assert Cascade.from_pretrained(tmp_path / "g").clip.image_fill == 0.7
+    assert Cascade.from_pretrained(tmp_path / "c").clip.image_fill is None
+    assert assemble_cascade.main([*argv[:-2], "--clip-image-fill", "2", "--out", str(tmp_path / "h")]) == 2
+    assert "--clip-image-fill must lie in [0.05, 1]" in capsys.readouterr().err and not (tmp_path / "h").exists()
 
 
 def test_eval_meshes_writes_fidelity_watertightness_and_chamfer(tmp_path) -> None:

@@ -18,6 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, required=True)
     parser.add_argument(
+        "--clip-image-fill",
+        type=float,
+        default=None,
+        metavar="F",
+        help="reframe conditioning images so their object spans this fraction of the frame, the framing of the "
+        "CLIP's training images (benchmarks/framing.py measures it); default: images are used as given",
+    )
+    parser.add_argument(
         "--stage",
         action="append",
         required=True,
@@ -75,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, fields in changes.items():
             stage = by_name[name]
             stage.config = updated(stage.config, {"sampling": fields}, f"sampling of stage {name!r}")
-        cascade = Cascade(stages, clip=ClipEncoder.load(args.clip))
+        clip = ClipEncoder.load(args.clip)
+        if args.clip_image_fill is not None:
+            if not 0.05 <= args.clip_image_fill <= 1.0:
+                raise Cdm3dError(f"--clip-image-fill must lie in [0.05, 1], got {args.clip_image_fill}")
+            clip.image_fill = args.clip_image_fill
+        cascade = Cascade(stages, clip=clip)
         cascade.save_pretrained(args.out, overwrite=args.overwrite)
     except Cdm3dError as err:
         print(one_line("assemble_cascade", err), file=sys.stderr)

@@ -44,6 +44,9 @@ class ClipRef(StrictConfig):
     weights: str | None = None
     model: str | None = None
     pretrained: str | None = None
+    # Conditioning images are reframed so their object spans this fraction of the frame: the framing of the
+    # CLIP's training images (ClipEncoder.image_fill; benchmarks/framing.py measures it).
+    image_fill: float | None = Field(None, ge=0.05, le=1.0)
 
 
 class StageEntry(StrictConfig):
@@ -259,6 +262,8 @@ class Cascade:
                 clip = {"weights": "clip.safetensors"}
             elif self.clip_ref is not None:
                 clip = self.clip_ref.model_dump(exclude_none=True)
+            if clip is not None and self.clip is not None and self.clip.image_fill is not None:
+                clip["image_fill"] = self.clip.image_fill
             doc = {"format": CASCADE_FORMAT, "clip": clip, "stages": entries}
             (tmp / CASCADE_FILE).write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
             if directory.exists():
@@ -338,7 +343,10 @@ def _inside(directory: Path, relative: str) -> Path:
 
 def _load_clip(directory: Path, ref: ClipRef) -> ClipEncoder:
     if ref.weights is not None:
-        return ClipEncoder.load(_inside(directory, ref.weights))
-    if ref.model is not None and ref.pretrained is not None:
-        return ClipEncoder.from_pretrained(ref.model, ref.pretrained)
-    raise CheckpointError("clip entry needs 'weights', or both 'model' and 'pretrained'")
+        clip = ClipEncoder.load(_inside(directory, ref.weights))
+    elif ref.model is not None and ref.pretrained is not None:
+        clip = ClipEncoder.from_pretrained(ref.model, ref.pretrained)
+    else:
+        raise CheckpointError("clip entry needs 'weights', or both 'model' and 'pretrained'")
+    clip.image_fill = ref.image_fill
+    return clip

@@ -26,6 +26,7 @@ import torch
 
 from cdm3d.core.checkpoint import config_from_metadata, load_state_into, load_tensors, save_tensors
 from cdm3d.core.conditioning import Conditioning
+from cdm3d.core.framing import reframe
 from cdm3d.errors import CheckpointError, ConfigError, InputError, UnavailableError
 
 MAX_PROMPT_CHARS = 2000
@@ -145,6 +146,9 @@ class ClipEncoder:
 
                 image_mean, image_std = tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
+        # Conditioning images are reframed so their object spans this fraction of the frame (the framing of
+        # the CLIP's training images; see cdm3d.core.framing); None: used as given. A cascade folder sets it.
+        self.image_fill: float | None = None
         self._null_text: torch.Tensor | None = None
 
     # -- construction -----------------------------------------------------------------
@@ -316,7 +320,8 @@ class ClipEncoder:
         """Conditioning for a batch of prompts, images, or both (same batch size).
 
         Returns a :class:`Conditioning` with slots "text" and/or "image" and the null
-        embeddings of both (CLIP's empty prompt for text, zeros for images).
+        embeddings of both (CLIP's empty prompt for text, zeros for images). Images are
+        reframed first when :attr:`image_fill` is set.
         """
         if prompts is None and images is None:
             raise InputError("give prompts, images, or both to condition on")
@@ -326,6 +331,8 @@ class ClipEncoder:
             checked = check_prompts(prompts)
             embeddings["text"] = self.encode_text(checked)
         if images is not None:
+            if self.image_fill is not None:
+                images = reframe(check_images(images), self.image_fill)
             embeddings["image"] = self.encode_image(images)
         sizes = {k: v.shape[0] for k, v in embeddings.items()}
         if len(set(sizes.values())) != 1:
