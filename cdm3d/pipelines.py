@@ -225,8 +225,11 @@ class ImageTo3D(_Pipeline):
         stop_at: str | None = None,
         device: str | None = None,
         progress: bool = True,
+        reframe: bool = True,
     ) -> Result:
-        cond = self.cascade.encode(prompts, load_images(images))
+        """``reframe=False`` gives the images to CLIP as they are, not enlarged to the framing of its training
+        images (``clip.image_fill`` in the cascade folder; see :mod:`cdm3d.core.framing`)."""
+        cond = self.cascade.encode(prompts, load_images(images), reframe=reframe)
         return self._run(cond, seed, steps, guidance, stop_at, device, progress)
 
 

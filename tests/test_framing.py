@@ -69,3 +69,4 @@ def test_clip_encode_reframes_conditioning_images_when_the_fill_is_set() -> None
     reframed = clip.encode(images=img).embeddings["image"]
     assert torch.allclose(reframed, clip.encode_image(reframe(img, 0.6)))
     assert not torch.allclose(reframed, as_given, atol=1e-3)
+    assert torch.equal(clip.encode(images=img, reframe=False).embeddings["image"], as_given)

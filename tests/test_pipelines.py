@@ -44,6 +44,9 @@ def test_image_to_3d_from_a_render_file(pipe, tmp_path) -> None:
     image_pipe = ImageTo3D(pipe.cascade)
     out = image_pipe(tmp_path / "view.png", seed=0, steps=2, stop_at="coarse", progress=False)
     assert out.coarse_points.coords.shape == (1, pipe.cascade.stages["coarse"].config.num_points, 3)
+    # The shipped cascade enlarges the view to its CLIP's training framing; reframe=False uses it as given.
+    as_given = image_pipe(tmp_path / "view.png", seed=0, steps=2, stop_at="coarse", progress=False, reframe=False)
+    assert not torch.allclose(out.output.cond.embeddings["image"], as_given.output.cond.embeddings["image"], atol=1e-4)
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(InputError, match="cannot be read as an image"):
         image_pipe(tmp_path / "bad.png", steps=2, progress=False)

@@ -136,10 +136,10 @@ class Cascade:
         return list(self.stages)
 
     # -- running ------------------------------------------------------------------------
-    def encode(self, prompts: Any = None, images: torch.Tensor | None = None) -> Conditioning:
+    def encode(self, prompts: Any = None, images: torch.Tensor | None = None, reframe: bool = True) -> Conditioning:
         if self.clip is None:
             raise ConfigError("this cascade has no CLIP encoder; pass a Conditioning to run() instead")
-        return self.clip.encode(prompts, images)
+        return self.clip.encode(prompts, images, reframe=reframe)
 
     def _slice(self, start_at: str | None, stop_at: str | None) -> list[str]:
         names = self.names

@@ -26,7 +26,7 @@ import torch
 
 from cdm3d.core.checkpoint import config_from_metadata, load_state_into, load_tensors, save_tensors
 from cdm3d.core.conditioning import Conditioning
-from cdm3d.core.framing import reframe
+from cdm3d.core.framing import reframe as reframe_images
 from cdm3d.errors import CheckpointError, ConfigError, InputError, UnavailableError
 
 MAX_PROMPT_CHARS = 2000
@@ -321,12 +321,12 @@ class ClipEncoder:
             self._null_text = self.encode_text([""])[0]
         return self._null_text
 
-    def encode(self, prompts: Any = None, images: torch.Tensor | None = None) -> Conditioning:
+    def encode(self, prompts: Any = None, images: torch.Tensor | None = None, reframe: bool = True) -> Conditioning:
         """Conditioning for a batch of prompts, images, or both (same batch size).
 
         Returns a :class:`Conditioning` with slots "text" and/or "image" and the null
         embeddings of both (CLIP's empty prompt for text, zeros for images). Images are
-        reframed first when :attr:`image_fill` is set.
+        reframed first when :attr:`image_fill` is set, unless ``reframe`` is false.
         """
         if prompts is None and images is None:
             raise InputError("give prompts, images, or both to condition on")
@@ -336,8 +336,8 @@ class ClipEncoder:
             checked = check_prompts(prompts)
             embeddings["text"] = self.encode_text(checked)
         if images is not None:
-            if self.image_fill is not None:
-                images = reframe(check_images(images), self.image_fill)
+            if self.image_fill is not None and reframe:
+                images = reframe_images(check_images(images), self.image_fill)
             embeddings["image"] = self.encode_image(images)
         sizes = {k: v.shape[0] for k, v in embeddings.items()}
         if len(set(sizes.values())) != 1:

@@ -197,14 +197,9 @@ def _to_3d(shape_model, classifier_path, prompts, real, generated, batch, overri
     from_image = points.encode(None, real)
     from_both = points.encode([p[1] for p in prompts], generated)
     runs = [("image_to_3d", from_image), ("text_image_to_3d", from_both)]
-    clip = points.clip
-    if clip is not None and clip.image_fill is not None:
+    if points.clip is not None and points.clip.image_fill is not None:
         # The same renders without reframing them to the CLIP's training framing (its ablation).
-        fill, clip.image_fill = clip.image_fill, None
-        try:
-            runs.append(("image_to_3d_without_reframing", points.encode(None, real)))
-        finally:
-            clip.image_fill = fill
+        runs.append(("image_to_3d_without_reframing", points.encode(None, real, reframe=False)))
     out = {}
     sampling = {n: dict(overrides or {}) for n in points.names}
     for label, cond in runs:
