@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompts", nargs="*")
     parser.add_argument("--image", action="append", default=[], type=Path, help="condition on an image (repeatable)")
+    parser.add_argument(
+        "--no-reframe",
+        action="store_true",
+        help="give --image files to CLIP as they are, not enlarged to the framing of its training images",
+    )
     parser.add_argument("-o", "--out", type=Path, default=Path("outputs"))
     parser.add_argument("--model", type=Path, default=None, help="cascade folder (default: the shipped one)")
     parser.add_argument("--formats", nargs="+", default=["glb"], help=f"mesh formats: {', '.join(MESH_FORMATS)}")
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"unknown format(s) {bad}; meshes: {MESH_FORMATS}, points: {POINT_FORMATS}")
         if bool(args.prompts) == bool(args.image):
             raise InputError("give prompts or --image files (one kind per call)")
+        if args.no_reframe and not args.image:
+            raise InputError("--no-reframe applies to --image files only")
         labels = args.prompts or [p.stem for p in args.image]
         stems = [_slug(label, i) for i, label in enumerate(labels)]
         suffixes = [f".{f}" for f in args.formats] + [f".points.{f}" for f in args.point_formats] + [".png"]
@@ -76,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
 
         pipe = TextTo3D.from_pretrained(args.model, mesher=args.mesher)
         kwargs = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance}
-        out = pipe(args.prompts, **kwargs) if args.prompts else ImageTo3D(pipe.cascade)(args.image, **kwargs)
+        if args.prompts:
+            out = pipe(args.prompts, **kwargs)
+        else:
+            out = ImageTo3D(pipe.cascade)(args.image, reframe=not args.no_reframe, **kwargs)
         for i, stem in enumerate(stems):
             for fmt in args.formats:
                 print(out.mesh.save(args.out / f"{stem}.{fmt}", i, force=True))
