@@ -286,22 +286,7 @@ class Cascade:
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, load_clip: bool = True) -> Cascade:
         directory = Path(directory)
-        if not directory.is_dir():
-            raise CheckpointError(
-                f"cascade folder not found: {directory}; give a folder written by Cascade.save_pretrained "
-                "or tools/assemble_cascade.py"
-            )
-        if not (directory / CASCADE_FILE).is_file():
-            raise CheckpointError(
-                f"{directory} is not a cdm3d cascade folder (no {CASCADE_FILE}); give a folder written by "
-                "tools/assemble_cascade.py"
-            )
-        try:
-            doc = validate(CascadeFile, load_yaml(directory / CASCADE_FILE), str(directory / CASCADE_FILE))
-        except ConfigError as err:
-            raise CheckpointError(str(err)) from None
-        if doc.format != CASCADE_FORMAT:
-            raise CheckpointError(f"{directory}: format {doc.format!r}; this cdm3d reads {CASCADE_FORMAT!r}")
+        doc = read_cascade_file(directory)
         stages = []
         for entry in doc.stages:
             stage = load_stage(_inside(directory, entry.weights))
@@ -331,6 +316,35 @@ class Cascade:
         if clip is None and recipe.clip is not None:
             clip = _load_clip(path.parent, recipe.clip)
         return cls(stages, clip=clip, clip_ref=recipe.clip)
+
+
+def read_cascade_file(directory: Path) -> CascadeFile:
+    """The validated ``cascade.yaml`` of a cascade folder."""
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"cascade folder not found: {directory}; give a folder written by Cascade.save_pretrained "
+            "or tools/assemble_cascade.py"
+        )
+    if not (directory / CASCADE_FILE).is_file():
+        raise CheckpointError(
+            f"{directory} is not a cdm3d cascade folder (no {CASCADE_FILE}); give a folder written by "
+            "tools/assemble_cascade.py"
+        )
+    try:
+        doc = validate(CascadeFile, load_yaml(directory / CASCADE_FILE), str(directory / CASCADE_FILE))
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    if doc.format != CASCADE_FORMAT:
+        raise CheckpointError(f"{directory}: format {doc.format!r}; this cdm3d reads {CASCADE_FORMAT!r}")
+    return doc
+
+
+def load_cascade_clip(directory: Path) -> ClipEncoder:
+    """The CLIP a cascade folder names, as the cascade loads it (its image framing included)."""
+    doc = read_cascade_file(directory)
+    if doc.clip is None:
+        raise CheckpointError(f"{directory}/{CASCADE_FILE} names no CLIP")
+    return _load_clip(directory, doc.clip)
 
 
 def _inside(directory: Path, relative: str) -> Path:

@@ -205,17 +205,13 @@ class ClipEncoder:
     @classmethod
     def default(cls) -> ClipEncoder:
         """The small CLIP shipped in cdm3d's default cascade folder, with that folder's image framing."""
-        import yaml
-
+        from cdm3d.core.cascade import load_cascade_clip  # cascade imports this module
         from cdm3d.paths import DEFAULT_MODEL
 
         path = DEFAULT_MODEL / "clip.safetensors"
         if not path.is_file():
             raise UnavailableError(f"the shipped CLIP is missing ({path}); reinstall cdm3d or {_ALTERNATIVES}")
-        enc = cls.load(path)
-        entry = yaml.safe_load((DEFAULT_MODEL / "cascade.yaml").read_text(encoding="utf-8")).get("clip") or {}
-        enc.image_fill = entry.get("image_fill")
-        return enc
+        return load_cascade_clip(DEFAULT_MODEL)
 
     @classmethod
     def load(cls, path: str | Path) -> ClipEncoder:

@@ -29,6 +29,12 @@ def foreground_boxes(images: torch.Tensor, tol: float = 0.05) -> tuple[torch.Ten
     """Bounding boxes ``[B, 4]`` (x0, y0, x1, y1 in pixels, ends exclusive) of the pixels of ``images
     [B, 3, H, W]`` that differ from the background colour by more than ``tol`` in some channel, and
     ``[B]`` whether an image has any such pixel (its box is the whole image otherwise)."""
+    boxes, found, _ = _boxes(images, tol)
+    return boxes, found
+
+
+def _boxes(images: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`foreground_boxes` and the background colours ``[B, 3]`` it measured them against."""
     bg = _background(images)
     mask = (images - bg[:, :, None, None]).abs().amax(dim=1) > tol  # [B, H, W]
     height, width = mask.shape[-2:]
@@ -43,15 +49,19 @@ def foreground_boxes(images: torch.Tensor, tol: float = 0.05) -> tuple[torch.Ten
 
     y0, y1 = span(rows, height)
     x0, x1 = span(cols, width)
-    return torch.stack([x0, y0, x1, y1], 1), found
+    return torch.stack([x0, y0, x1, y1], 1), found, bg
+
+
+def _fill(boxes: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the longer side of each box as a fraction of the images' longer side."""
+    return (boxes[:, 2:] - boxes[:, :2]).amax(1).float() / max(images.shape[-2:])
 
 
 def object_fill(images: torch.Tensor, tol: float = 0.05) -> torch.Tensor:
     """``[B]``: the longer side of each image's object box as a fraction of the image's longer side
     (NaN for an image without an object)."""
     boxes, found = foreground_boxes(images, tol)
-    side = (boxes[:, 2:] - boxes[:, :2]).amax(1).float() / max(images.shape[-2:])
-    return torch.where(found, side, torch.nan)
+    return torch.where(found, _fill(boxes, images), torch.nan)
 
 
 def reframe(images: torch.Tensor, fill: float, max_zoom: float = 1.6, tol: float = 0.05) -> torch.Tensor:
@@ -69,10 +79,9 @@ def reframe(images: torch.Tensor, fill: float, max_zoom: float = 1.6, tol: float
         raise InputError(f"max_zoom must be at least 1, got {max_zoom}")
     images = images.float()
     batch, _, height, width = images.shape
-    boxes, found = foreground_boxes(images, tol)
+    boxes, found, bg = _boxes(images, tol)
+    zoom = (fill / _fill(boxes, images).clamp_min(1e-6)).clamp(1.0, max_zoom)
     boxes = boxes.float()
-    side = (boxes[:, 2:] - boxes[:, :2]).amax(1) / max(height, width)
-    zoom = (fill / side.clamp_min(1e-6)).clamp(1.0, max_zoom)
     # Keep the box inside the frame: its farthest edge from the centre may move at most to the border.
     half = torch.tensor([width / 2, height / 2], device=images.device)
     reach = torch.maximum((half - boxes[:, :2]).abs(), (boxes[:, 2:] - half).abs()) / half  # [B, 2] in (0, 1]
@@ -83,7 +92,7 @@ def reframe(images: torch.Tensor, fill: float, max_zoom: float = 1.6, tol: float
     theta = torch.zeros(batch, 2, 3, device=images.device)
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
     grid = F.affine_grid(theta, [batch, 3, height, width], align_corners=False)
-    bg = _background(images)[:, :, None, None]
+    bg = bg[:, :, None, None]
     out = F.grid_sample(images - bg, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + bg
     # Images left at zoom 1 come back bit for bit.
     return torch.where((zoom == 1).view(-1, 1, 1, 1), images, out.clamp(0, 1))
