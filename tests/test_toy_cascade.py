@@ -242,3 +242,20 @@ def test_set_expert_refuses_unfit_experts(trained: Cascade) -> None:
     with pytest.raises(InputError, match="conditioning"):
         coarse.set_expert(other_tokens)
     assert coarse.expert is None
+
+
+def test_a_high_noise_stage_needs_an_expert_that_meets_its_range() -> None:
+    # The shared network trained on [300, 1000) only: below 300 only an expert reaching 300 may denoise.
+    high = ToyCoarseStage(validate(ToyCoarseConfig, {"type": "toy.coarse", "diffusion": {"timesteps": [300, 1000]}}))
+    cond = conditioning(_labels(4))
+    with pytest.raises(InputError, match=r"needs its low-noise expert"):
+        high.sample(None, cond, generator=torch.Generator().manual_seed(0), sampling=FAST)
+    with pytest.raises(InputError, match=r"nothing denoises \[200, 300\)"):
+        high.set_expert(_toy_expert(200))
+    assert high.expert is None
+    high.set_expert(_toy_expert(300))
+    (seen_high, _), (seen_expert, _) = _record_timesteps(high), _record_timesteps(high.expert)
+    out = high.sample(None, cond, generator=torch.Generator().manual_seed(0), sampling=FAST).values
+    assert torch.isfinite(out).all() and min(seen_high) >= 300 and max(seen_expert) < 300
+    with pytest.raises(InputError, match=r"needs its low-noise expert"):
+        high.sample(None, cond, generator=torch.Generator().manual_seed(0), sampling={**FAST, "expert": False})

@@ -284,6 +284,12 @@ class DiffusionStage(TrainableStage):
                     f"(diffusion.timesteps: [0, switch) with switch < {ours.schedule.num_train_timesteps}), "
                     f"got [{lo}, {hi})"
                 )
+            own_lo = ours.timestep_range()[0]
+            if hi < own_lo:
+                raise InputError(
+                    f"stage '{self.name}' is trained on timesteps [{own_lo}, ...) and the expert on [0, {hi}): "
+                    f"nothing denoises [{hi}, {own_lo}); the expert's range must reach {own_lo}"
+                )
             expert.to(self.device).eval()
         self.__dict__["expert"] = expert
 
@@ -375,6 +381,12 @@ class DiffusionStage(TrainableStage):
         net = self._compiled_net(s.compile_mode) if s.compile else self.net
         model_fn = guided(net, emb, null_emb, s.guidance_scale, (c, level))
         low_noise = None
+        own_lo = self.config.diffusion.timestep_range()[0]
+        if own_lo > 0 and (self.expert is None or not s.expert):
+            raise InputError(
+                f"stage '{self.name}' is trained on timesteps [{own_lo}, ...) only and needs its low-noise expert "
+                "below that; load the cascade it was assembled with and leave sampling.expert on"
+            )
         if self.expert is not None and s.expert:
             expert = self.expert
             expert_net = expert._compiled_net(s.compile_mode) if s.compile else expert.net
