@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -180,3 +181,21 @@ def test_solver_and_augmentation_sweeps_write_a_row_per_setting_on_validation_pr
     assert 0 <= aug["coarse"]["category_fidelity"] <= 1
     val = prompts_per_category(1, "val")
     assert [p[1] for p in val] == [World("val").caption(p[0]) for p in val] != [p[1] for p in prompts_per_category(1)]
+
+
+def test_eval_of_a_high_noise_stage_reports_why_it_has_no_expert_ablation(tmp_path) -> None:
+    from cdm3d.core import build_stage
+    from cdm3d.eval.points_eval import evaluate_points
+
+    tiny = point_cascade("tiny", "cpu")
+    config = tiny.stages["coarse"].config.model_dump(mode="json")
+    config["diffusion"]["timesteps"] = [300, 1000]
+    high = build_stage(config)
+    high.set_expert(_tiny_expert(high))
+    stages = [("coarse", high), ("upsample", tiny.stages["upsample"])]
+    Cascade(stages, clip=ClipEncoder.default()).save_pretrained(tmp_path / "high")
+    classifier = Path(__file__).resolve().parents[1] / "benchmarks/assets/classifier.safetensors"
+    report = evaluate_points(tmp_path / "high", classifier, 1, 13, speed=False, overrides={"steps": 2})
+    ablation = report["expert_ablation"]
+    assert ablation["without_expert"] is None and "cannot sample without its expert" in ablation["why"]
+    assert ablation["with_expert"]["final"] == report["final"]["category_fidelity"]

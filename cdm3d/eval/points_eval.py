@@ -215,7 +215,15 @@ def evaluate_points(
             row["aug_level"] = stage.resolve_sampling(settings).aug_level
             ablation[label] = row
         report["augmentation_ablation_on_generated_coarse"] = ablation
-    if getattr(cascade.stages[coarse_name], "expert", None) is not None:
+    coarse_stage = cascade.stages[coarse_name]
+    if getattr(coarse_stage, "expert", None) is not None and coarse_stage.config.diffusion.timestep_range()[0] > 0:
+        report["expert_ablation"] = {
+            "switch_timestep": coarse_stage.expert_switch,
+            "with_expert": {k: report[k]["category_fidelity"] for k in ("coarse", "final")},
+            "without_expert": None,
+            "why": "the coarse stage is trained above the switch only and cannot sample without its expert",
+        }
+    elif getattr(coarse_stage, "expert", None) is not None:
         # The low-noise expert's ablation: the same prompts and seeds with the coarse stage's own network throughout.
         plain = {**sampling, coarse_name: {**sampling[coarse_name], "expert": False}}
         without = generate(cascade, cond, batch, seed=0, sampling=plain)
