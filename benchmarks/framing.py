@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             f"training_distance_2.7_reframed_to_{target:g}": zero_shot(reframe(near, target)),
         },
     }
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
     with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
+        tmp.write_text(text)
     print(args.out)
     return 0
 

@@ -284,7 +284,7 @@ class DiffusionStage(TrainableStage):
                     f"(diffusion.timesteps: [0, switch) with switch < {ours.schedule.num_train_timesteps}), "
                     f"got [{lo}, {hi})"
                 )
-            own_lo = ours.timestep_range()[0]
+            own_lo = self.lowest_timestep
             if hi < own_lo:
                 raise InputError(
                     f"stage '{self.name}' is trained on timesteps [{own_lo}, ...) and the expert on [0, {hi}): "
@@ -292,6 +292,11 @@ class DiffusionStage(TrainableStage):
                 )
             expert.to(self.device).eval()
         self.__dict__["expert"] = expert
+
+    @property
+    def lowest_timestep(self) -> int:
+        """The lowest timestep this stage was trained on: above 0, it cannot sample without an expert below it."""
+        return self.config.diffusion.timestep_range()[0]
 
     @property
     def expert_switch(self) -> int | None:
@@ -381,11 +386,10 @@ class DiffusionStage(TrainableStage):
         net = self._compiled_net(s.compile_mode) if s.compile else self.net
         model_fn = guided(net, emb, null_emb, s.guidance_scale, (c, level))
         low_noise = None
-        own_lo = self.config.diffusion.timestep_range()[0]
-        if own_lo > 0 and (self.expert is None or not s.expert):
+        if self.lowest_timestep > 0 and (self.expert is None or not s.expert):
             raise InputError(
-                f"stage '{self.name}' is trained on timesteps [{own_lo}, ...) only and needs its low-noise expert "
-                "below that; load the cascade it was assembled with and leave sampling.expert on"
+                f"stage '{self.name}' is trained on timesteps [{self.lowest_timestep}, ...) only and needs its "
+                "low-noise expert below that; load the cascade it was assembled with and leave sampling.expert on"
             )
         if self.expert is not None and s.expert:
             expert = self.expert

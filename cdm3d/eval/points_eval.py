@@ -216,25 +216,24 @@ def evaluate_points(
             ablation[label] = row
         report["augmentation_ablation_on_generated_coarse"] = ablation
     coarse_stage = cascade.stages[coarse_name]
-    if getattr(coarse_stage, "expert", None) is not None and coarse_stage.config.diffusion.timestep_range()[0] > 0:
-        report["expert_ablation"] = {
+    if getattr(coarse_stage, "expert", None) is not None:
+        # The low-noise expert's ablation: the same prompts and seeds with the coarse stage's own network throughout
+        # (impossible for a stage trained above the switch only).
+        ablation = {
             "switch_timestep": coarse_stage.expert_switch,
             "with_expert": {k: report[k]["category_fidelity"] for k in ("coarse", "final")},
             "without_expert": None,
-            "why": "the coarse stage is trained above the switch only and cannot sample without its expert",
         }
-    elif getattr(coarse_stage, "expert", None) is not None:
-        # The low-noise expert's ablation: the same prompts and seeds with the coarse stage's own network throughout.
-        plain = {**sampling, coarse_name: {**sampling[coarse_name], "expert": False}}
-        without = generate(cascade, cond, batch, seed=0, sampling=plain)
-        report["expert_ablation"] = {
-            "switch_timestep": cascade.stages[coarse_name].expert_switch,
-            "with_expert": {k: report[k]["category_fidelity"] for k in ("coarse", "final")},
-            "without_expert": {
+        if coarse_stage.lowest_timestep > 0:
+            ablation["why"] = "the coarse stage is trained above the switch only and cannot sample without its expert"
+        else:
+            plain = {**sampling, coarse_name: {**sampling[coarse_name], "expert": False}}
+            without = generate(cascade, cond, batch, seed=0, sampling=plain)
+            ablation["without_expert"] = {
                 "coarse": fidelity(classifier, without[coarse_name], categories, colors)["category_fidelity"],
                 "final": fidelity(classifier, without[up_name], categories, colors)["category_fidelity"],
-            },
-        }
+            }
+        report["expert_ablation"] = ablation
     report["generation_seconds"] = round(time.time() - start, 1)
     if speed:
         report["speed_cpu_batch1"] = seconds_per_sample(cascade, captions[0], sampling=sampling)
