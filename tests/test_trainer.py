@@ -105,6 +105,38 @@ def test_resume_continues_with_the_same_losses_and_weights(data_dir, tmp_path) -
     assert len(longer.fit(resume=True, progress=False)) == 5
 
 
+def test_fit_schedule_ends_the_decay_where_the_time_limit_runs_out(data_dir, tmp_path, monkeypatch) -> None:
+    import cdm3d.training.trainer as trainer_module
+    from cdm3d.training.trainer import lr_at
+
+    class Clock:  # one simulated second per reading of the clock, however fast this machine is
+        now = 0.0
+
+        def time(self) -> float:
+            self.now += 1.0
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(trainer_module.time, "time", clock.time)
+    recipe = _recipe(data_dir, steps=10_000, warmup=5, checkpoint_every=1000, log_every=50)
+    fitted = Trainer(recipe, tmp_path / "fit")
+    losses = fitted.fit(progress=False, time_limit=400.0, fit_schedule=True)
+    # It stopped where the cosine decay ended, inside the limit and far short of train.steps...
+    assert 25 <= fitted.step == fitted.lr_horizon < 400 and len(losses) == fitted.step
+    assert clock.now < 400
+    # ...at the schedule's floor (a tenth of the peak), with a checkpoint of that step.
+    assert lr_at(fitted.step - 1, recipe.train, fitted.lr_horizon) == pytest.approx(0.1 * recipe.train.lr, rel=0.02)
+    saved = torch.load(tmp_path / "fit" / "state.pt", weights_only=True)
+    assert int(saved["step"]) == int(saved["lr_horizon"]) == fitted.step
+    # Without the flag the same time limit just stops the run, the schedule untouched.
+    clock.now = 0.0
+    plain = Trainer(recipe, tmp_path / "plain")
+    plain.fit(progress=False, time_limit=400.0)
+    assert plain.lr_horizon == 10_000 and plain.step < 10_000
+    with pytest.raises(TrainingError, match="time limit"):
+        Trainer(recipe, tmp_path / "none").fit(progress=False, fit_schedule=True)
+
+
 def test_existing_run_needs_resume(data_dir, tmp_path) -> None:
     Trainer(_recipe(data_dir, steps=10), tmp_path / "r").fit(progress=False)
     with pytest.raises(TrainingError, match="--resume"):

@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         "--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds"
     )
     parser.add_argument(
+        "--fit-schedule",
+        action="store_true",
+        help="fit the learning-rate schedule to --time-limit: the cosine decay ends (and training stops) at the "
+        "step the measured speed reaches in time; that step is printed, to set as train.steps when repeating",
+    )
+    parser.add_argument(
         "--stop-at-step",
         type=int,
         default=None,
@@ -60,10 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         device = init_distributed(args.device)
         trainer = Trainer(recipe, args.out, device)
         losses = trainer.fit(
-            resume=args.resume, progress=not args.no_progress, time_limit=args.time_limit, until=args.stop_at_step
+            resume=args.resume,
+            progress=not args.no_progress,
+            time_limit=args.time_limit,
+            until=args.stop_at_step,
+            fit_schedule=args.fit_schedule,
         )
         if losses and trainer.rank == 0:
             print(f"step {trainer.step}: last loss {losses[-1]:.4f}; weights in {args.out / 'stage.safetensors'}")
+            if args.fit_schedule:
+                print(f"schedule fitted to the time limit: it ends at step {trainer.lr_horizon} (train.steps)")
     except Cdm3dError as err:
         print(one_line("train", err), file=sys.stderr)
         return 2

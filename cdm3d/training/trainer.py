@@ -109,6 +109,8 @@ class Trainer:
         load_builtin()
         data_cfg_cls, data_cls = DATASETS.get(data_type)
         self.data = data_cls(validate(data_cfg_cls, recipe.data, "recipe data"), self.stage)
+        if self.device.type == "cuda" and hasattr(self.data, "to"):
+            self.data.to(self.device)  # batches gathered on the GPU (same random draws as on the CPU)
         if recipe.train.init_from is not None:
             warm_start(self.stage, recipe.train.init_from)
         self.stage.to(self.device).train()
@@ -180,8 +182,7 @@ class Trainer:
     def _update_ema(self) -> None:
         decay = min(self.recipe.train.ema_decay, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.stage.parameters()):
-                e.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.stage.parameters()), 1 - decay)
 
     def train_step(self) -> float | None:
         s = self.recipe.train
@@ -229,13 +230,26 @@ class Trainer:
         return self.stage.loss(x0, cond, cond_input, self.generator, part=part, net=self.model)
 
     def fit(
-        self, resume: bool = False, progress: bool = True, until: int | None = None, time_limit: float | None = None
+        self,
+        resume: bool = False,
+        progress: bool = True,
+        until: int | None = None,
+        time_limit: float | None = None,
+        fit_schedule: bool = False,
     ) -> list[float]:
         """Train to ``train.steps``; returns the losses of this call.
 
         ``until`` stops after that step, ``time_limit`` after that many seconds
-        (with a checkpoint), as a budget guard on shared machines.
+        (with a checkpoint), as a budget guard on shared machines. With
+        ``fit_schedule`` the learning-rate schedule is fitted to the time limit
+        instead: from the measured speed the trainer sets the step the cosine
+        decay ends at (never past ``train.steps``) and stops there, so a lent
+        GPU's minutes give a fully decayed run; the step it chose is in
+        ``state.pt`` (``lr_horizon``) and the log, and repeating the run with
+        ``train.steps`` set to it reproduces the schedule without a clock.
         """
+        if fit_schedule and time_limit is None:
+            raise TrainingError("fitting the schedule to the time needs a time limit")
         from tqdm.auto import tqdm
 
         s = self.recipe.train
@@ -265,11 +279,13 @@ class Trainer:
             log.write("step,loss,lr,seconds\n")
         losses: list[float] = []
         bar = tqdm(total=s.steps, initial=self.step, desc="train", disable=not progress or self.rank != 0)
-        start = time.time()
+        start, first = time.time(), self.step
         try:
-            while self.step < min(s.steps, until or s.steps):
+            while self.step < min(s.steps, until or s.steps, self.lr_horizon if fit_schedule else s.steps):
                 loss = self.train_step()
                 bar.update(1)
+                if fit_schedule and self.step >= s.warmup + 20 and self.step % 20 == 0:
+                    self._fit_horizon(time_limit, time.time() - start, self.step - first)
                 if loss is not None:
                     losses.append(loss)
                     if log is not None and (self.step % s.log_every == 0 or self.step == s.steps):
@@ -281,7 +297,8 @@ class Trainer:
                             writer.add_scalar("loss", loss, self.step)
                             writer.add_scalar("lr", lr, self.step)
                 out_of_time = time_limit is not None and time.time() - start > time_limit
-                if self.step % s.checkpoint_every == 0 or self.step == s.steps or out_of_time:
+                done = self.step == s.steps or (fit_schedule and self.step == self.lr_horizon)
+                if self.step % s.checkpoint_every == 0 or done or out_of_time:
                     self.save()
                 if out_of_time:
                     break
@@ -293,6 +310,13 @@ class Trainer:
                 writer.close()
             self._write_data_report()
         return losses
+
+    def _fit_horizon(self, time_limit: float, elapsed: float, steps_done: int) -> None:
+        """End the schedule where the remaining time runs out at the speed measured so far (5% kept spare
+        for the last checkpoint); the horizon only moves earlier, never past ``train.steps``."""
+        left = max(0.0, 0.95 * time_limit - elapsed)
+        reachable = self.step + int(left * steps_done / max(elapsed, 1e-6))
+        self.lr_horizon = max(self.step, min(self.lr_horizon, self.recipe.train.steps, reachable))
 
     def _write_data_report(self) -> None:
         """``data_report.json``: the files the data source skipped (unreadable, non-finite), if it counts them."""

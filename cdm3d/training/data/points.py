@@ -140,11 +140,20 @@ class PointCloudData:
         if need > self.points.shape[1]:
             raise InputError(f"the stage needs {need} points per object; the data holds {self.points.shape[1]}")
 
+    def to(self, device: torch.device | str) -> PointCloudData:
+        """Keep the clouds on ``device`` (a GPU): batches are then gathered there, not on the CPU, which
+        otherwise caps a GPU run at a few steps per second. The random draws stay on the CPU generator, so a
+        run's batches are the same wherever the clouds are."""
+        self.points = self.points.to(device)
+        return self
+
     def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, Conditioning, torch.Tensor | None]:
-        """``(x0, cond, cond_input)`` for a batch of ``size`` examples (CPU tensors)."""
+        """``(x0, cond, cond_input)`` for a batch of ``size`` examples (on the clouds' device, see :meth:`to`;
+        the conditioning on the CPU)."""
+        device = self.points.device
         idx = torch.randint(0, len(self.points), (size,), generator=generator)
-        pts = self.points[idx].float()
-        order = torch.rand(size, pts.shape[1], generator=generator).argsort(1)
+        pts = self.points[idx.to(device)].float()
+        order = torch.rand(size, pts.shape[1], generator=generator).to(device).argsort(1)
         pts = torch.gather(pts, 1, order[..., None].expand(-1, -1, 6))
         cfg = self.stage.config
         cond_input = None
@@ -186,13 +195,13 @@ def anchored_children(anchors: torch.Tensor, pool: torch.Tensor, n: int, generat
     dist = torch.cdist(pool[..., :3], anchors[..., :3])  # [B, P, M]
     cell = dist.argmin(-1)  # the anchor of each pool point
     # Sort pool points by (cell, random key): each cell's points become a contiguous, shuffled run.
-    key = cell.double() + torch.rand(b, p, generator=generator, dtype=torch.float64)
+    key = cell.double() + torch.rand(b, p, generator=generator, dtype=torch.float64).to(pool.device)
     order = key.argsort(-1)
     sorted_cell = torch.gather(cell, 1, order)
-    ids = torch.arange(m).expand(b, m).contiguous()
+    ids = torch.arange(m, device=pool.device).expand(b, m).contiguous()
     start = torch.searchsorted(sorted_cell.contiguous(), ids)
     count = torch.searchsorted(sorted_cell.contiguous(), ids, right=True) - start
-    r = torch.arange(per).view(1, per, 1)
+    r = torch.arange(per, device=pool.device).view(1, per, 1)
     pos = start[:, None] + r % count.clamp(min=1)[:, None]  # [B, per, M]
     chosen = torch.gather(order, 1, pos.reshape(b, -1).clamp(max=p - 1))
     nearest = dist.argmin(1)  # [B, M]: each anchor's nearest pool point, for empty cells
