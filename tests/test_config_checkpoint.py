@@ -169,6 +169,24 @@ def test_cascade_folder_errors(tmp_path) -> None:
         Cascade.from_pretrained(folder)
 
 
+def test_cascade_saved_in_half_precision_loads_as_float32_with_rounded_weights(tmp_path) -> None:
+    from safetensors import safe_open
+
+    stage = _coarse()
+    with torch.no_grad():
+        for p in stage.parameters():
+            p.normal_()
+    Cascade([("coarse", stage)]).save_pretrained(tmp_path / "full")
+    Cascade([("coarse", stage)]).save_pretrained(tmp_path / "half", stage_dtype=torch.float16)
+    with safe_open(str(tmp_path / "half" / "coarse.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118 (not a dict)
+    sizes = [(tmp_path / d / "coarse.safetensors").stat().st_size for d in ("full", "half")]
+    assert sizes[1] < 0.75 * sizes[0]
+    loaded = Cascade.from_pretrained(tmp_path / "half").stages["coarse"]
+    for (k, v), (_, w) in zip(stage.state_dict().items(), loaded.state_dict().items()):
+        assert w.dtype == torch.float32 and torch.equal(w, v.half().float()), k
+
+
 def test_cascade_chain_must_fit() -> None:
     with pytest.raises(ConfigError, match="stage 'coarse' consumes None but 'up' produces Signals"):
         Cascade([("up", build_stage({"type": "toy.upsample"})), ("coarse", _coarse())])

@@ -137,6 +137,18 @@ def test_fit_schedule_ends_the_decay_where_the_time_limit_runs_out(data_dir, tmp
         Trainer(recipe, tmp_path / "none").fit(progress=False, fit_schedule=True)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batches_gathered_on_the_gpu_are_the_cpu_batches(data_dir, tmp_path) -> None:
+    on_cpu = Trainer(_recipe(data_dir), tmp_path / "cpu").data
+    on_gpu = Trainer(_recipe(data_dir), tmp_path / "gpu", "cuda").data
+    assert on_gpu.points.is_cuda
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(3):
+        (x_cpu, c_cpu, _), (x_gpu, c_gpu, _) = on_cpu.batch(8, a), on_gpu.batch(8, b)
+        assert x_gpu.is_cuda and torch.equal(x_cpu, x_gpu.cpu())
+        assert all(torch.equal(c_cpu.embeddings[k], c_gpu.embeddings[k]) for k in c_cpu.embeddings)
+
+
 def test_existing_run_needs_resume(data_dir, tmp_path) -> None:
     Trainer(_recipe(data_dir, steps=10), tmp_path / "r").fit(progress=False)
     with pytest.raises(TrainingError, match="--resume"):

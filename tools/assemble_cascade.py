@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--half", action="store_true", help="store the stages' weights in float16 (half the size; loaded as float32)"
+    )
     args = parser.parse_args(argv)
     import yaml
 
@@ -89,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise Cdm3dError(f"--clip-image-fill must lie in [0.05, 1], got {args.clip_image_fill}")
             clip.image_fill = args.clip_image_fill
         cascade = Cascade(stages, clip=clip)
-        cascade.save_pretrained(args.out, overwrite=args.overwrite)
+        import torch
+
+        cascade.save_pretrained(args.out, overwrite=args.overwrite, stage_dtype=torch.float16 if args.half else None)
     except Cdm3dError as err:
         print(one_line("assemble_cascade", err), file=sys.stderr)
         return 2

@@ -232,8 +232,11 @@ class Cascade:
         return self
 
     # -- persistence ----------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the cascade folder; a crash leaves any previous folder intact."""
+    def save_pretrained(
+        self, directory: str | Path, *, overwrite: bool = False, stage_dtype: torch.dtype | None = None
+    ) -> Path:
+        """Write the cascade folder; a crash leaves any previous folder intact. ``stage_dtype`` (float16, say)
+        stores the stages' weights in that precision: half the size, cast back to float32 on loading."""
         directory = Path(directory)
         if directory.exists() and not overwrite:
             raise InputError(f"{directory} exists; pass overwrite=True to replace it")
@@ -248,11 +251,11 @@ class Cascade:
         try:
             entries = []
             for name, stage in self.stages.items():
-                save_stage(stage, tmp / f"{name}.safetensors")
+                save_stage(stage, tmp / f"{name}.safetensors", stage_dtype)
                 entry = {"name": name, "weights": f"{name}.safetensors"}
                 expert = getattr(stage, "expert", None)
                 if expert is not None:
-                    save_stage(expert, tmp / f"{name}.expert.safetensors")
+                    save_stage(expert, tmp / f"{name}.expert.safetensors", stage_dtype)
                     entry["expert"] = f"{name}.expert.safetensors"
                 entries.append(entry)
             clip: dict[str, Any] | None = None

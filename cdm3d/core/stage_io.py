@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cdm3d.core.checkpoint import config_from_metadata, load_state_into, load_tensors, save_tensors
 from cdm3d.core.config import to_json, validate
 from cdm3d.core.registry import STAGES
@@ -29,10 +31,15 @@ def build_stage(config: dict, what: str | None = None) -> Stage:
     return cls(validated)
 
 
-def save_stage(stage: Stage, path: str | Path) -> None:
+def save_stage(stage: Stage, path: str | Path, dtype: torch.dtype | None = None) -> None:
+    """The stage's weights and config; ``dtype`` (float16, say) stores floating tensors in that precision
+    (loading casts them back to the stage's own)."""
+    tensors = stage.state_dict()
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     save_tensors(
         path,
-        stage.state_dict(),
+        tensors,
         {"cdm3d.kind": "stage", "cdm3d.type": stage.config.type, "cdm3d.config": to_json(stage.config)},
     )
 
