@@ -148,6 +148,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shape-model", type=Path, default=None, help="with --images: the 3D cascade for image -> 3D")
     p.add_argument("--fid-reference", type=int, default=1000, help="with --images: real renders FID compares with")
     p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="with --images: measure the base and SR fidelity at this many seeds (their means in 'over_seeds')",
+    )
+    p.add_argument(
         "--image-classifier",
         type=Path,
         default=Path("benchmarks/assets/image_classifier.safetensors"),
@@ -164,8 +170,8 @@ def _eval(args: argparse.Namespace) -> int:
     from cdm3d.eval.points_eval import evaluate_points
     from cdm3d.stages import load_builtin
 
-    if args.per_category < 1 or args.batch < 1 or args.fid_reference < 2:
-        raise InputError("--per-category and --batch must be positive, --fid-reference at least 2")
+    if args.per_category < 1 or args.batch < 1 or args.fid_reference < 2 or args.seeds < 1:
+        raise InputError("--per-category, --batch and --seeds must be positive, --fid-reference at least 2")
     if not args.classifier.is_file():
         raise InputError(f"classifier weights not found: {args.classifier} (train one with tools/train_classifier.py)")
     if args.out is not None:
@@ -191,6 +197,7 @@ def _eval(args: argparse.Namespace) -> int:
             reference=args.fid_reference,
             speed=not args.skip_speed,
             overrides=settings,
+            seeds=args.seeds,
         )
     elif args.meshes:
         from cdm3d.eval.mesh_eval import evaluate_meshes

@@ -131,12 +131,20 @@ def test_eval_images_writes_fidelity_fid_ablation_and_image_to_3d(tmp_path) -> N
     out = tmp_path / "img.json"
     argv = ["eval", "--images", "--model", str(tmp_path / "img"), "--per-category", "1", "--batch", "13"]
     argv += ["--sr-noaug", str(tmp_path / "noaug.safetensors"), "--shape-model", str(tmp_path / "shape")]
-    argv += ["--fid-reference", "20", "--steps", "2", "--skip-speed", "--out", str(out)]
+    argv += ["--fid-reference", "20", "--steps", "2", "--skip-speed", "--seeds", "3", "--out", str(out)]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     for row in ("base", "sr", "real_renders"):
         assert 0 <= report[row]["category_fidelity"] <= 1 and report[row]["fid"] >= 0
         assert 0 <= report[row]["classifier_category_fidelity"] <= 1  # the shipped render classifier
+    # Three seeds: the first is the report's own images, the mean is over all three.
+    seeds = report["over_seeds"]
+    assert len(seeds["seeds"]) == 3
+    for row in ("base", "sr"):
+        per_seed = seeds[row]["per_seed"]
+        assert len(per_seed) == 3 and per_seed[0]["category_fidelity"] == report[row]["category_fidelity"]
+        mean = sum(r["classifier_color_fidelity"] for r in per_seed) / 3
+        assert abs(seeds[row]["classifier_color_fidelity"] - mean) < 1e-4
     assert report["real_renders"]["fid"] < report["base"]["fid"]  # noise images are far from renders
     ablation = report["cdm_ablation"]
     assert {"with_augmentation_level_0.2", "without_augmentation"} <= set(ablation)

@@ -85,13 +85,13 @@ def _agreement(cat_pred, col_pred, prompts: list[tuple[int, str, str, str]]) -> 
     }
 
 
-def _run(cascade: Cascade, cond: Conditioning, batch: int, **kwargs: Any) -> dict[str, Images]:
+def _run(cascade: Cascade, cond: Conditioning, batch: int, seed: int = 0, **kwargs: Any) -> dict[str, Images]:
     outs: dict[str, list[torch.Tensor]] = {}
     for start in range(0, cond.batch_size, batch):
         sl = slice(start, start + batch)
         init = kwargs.get("init")
         extra = {**kwargs, "init": None if init is None else init[sl]}
-        out = cascade.run(cond.select(sl), seed=start, progress=False, **extra)
+        out = cascade.run(cond.select(sl), seed=seed + start, progress=False, **extra)
         for name, value in out.outputs.items():
             outs.setdefault(name, []).append(value.pixels)
     return {name: Images(torch.cat(v)) for name, v in outs.items()}
@@ -108,10 +108,13 @@ def evaluate_images(
     reference: int = 1000,
     speed: bool = True,
     overrides: dict[str, Any] | None = None,
+    seeds: int = 1,
 ) -> dict[str, Any]:
     """Every image-stage figure of an image cascade folder as a JSON-ready dict (see the module docstring);
     ``overrides`` (solver, steps) apply to both image stages; ``classifier`` is the point classifier (for
-    image -> 3D), ``image_classifier`` the render classifier (a second fidelity instrument)."""
+    image -> 3D), ``image_classifier`` the render classifier (a second fidelity instrument). With ``seeds``
+    above 1 the base and SR fidelity are measured again at that many seeds in all (``over_seeds``: each seed's
+    figures and their means), the first seed's images being the ones every other figure uses."""
     torch.manual_seed(0)
     cascade = Cascade.from_pretrained(model)
     judge = None if image_classifier is None else ImageClassifier.load(image_classifier)
@@ -142,6 +145,12 @@ def evaluate_images(
         "real_renders": {**fidelity_of(real), "fid": fid(Images(real))},
         "generation_seconds": round(generation_s, 1),
     }
+    if seeds > 1:
+        report["over_seeds"] = _over_seeds(
+            [outs] + [_run(cascade, cond, batch, seed=SEED_STRIDE * s, sampling=sampling) for s in range(1, seeds)],
+            {"base": base_name, "sr": sr_name},
+            fidelity_of,
+        )
     if sr_noaug is not None:
         from cdm3d.stages.images.sr import resize_images
 
@@ -176,6 +185,21 @@ def evaluate_images(
             cascade.run(one, seed=r, progress=False, sampling=sampling)
             times.append(time.perf_counter() - t0)
         report["seconds_per_image_batch1"] = {"median_s": round(statistics.median(times), 3), "repeats": 5}
+    return report
+
+
+SEED_STRIDE = 100_000  # run s seeds its batches from SEED_STRIDE * s (+ the batch's first prompt)
+
+
+def _over_seeds(runs: list[dict[str, Images]], rows: dict[str, str], fidelity_of) -> dict[str, Any]:
+    """Fidelity figures of each run (one per seed) for each of ``rows`` (label -> stage name), and their means."""
+    report: dict[str, Any] = {"seeds": [SEED_STRIDE * s for s in range(len(runs))]}
+    for label, name in rows.items():
+        per_seed = [_short(fidelity_of(run[name].pixels)) for run in runs]
+        report[label] = {
+            **{k: round(statistics.mean(r[k] for r in per_seed), 4) for k in per_seed[0]},
+            "per_seed": per_seed,
+        }
     return report
 
 
