@@ -196,6 +196,37 @@ def test_ddp_with_two_gloo_processes_matches_one_process(data_dir, tmp_path) -> 
         torch.testing.assert_close(v, w, rtol=1e-4, atol=1e-5, msg=k)
 
 
+def _ddp_fitted_worker(rank: int, world: int, port: int, data_dir: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        import cdm3d.training.data.points  # noqa: F401
+        import cdm3d.training.trainer as trainer_module
+
+        clock = [0.0]
+
+        def tick() -> float:  # rank 1's clock runs three times faster: alone, it would stop much earlier
+            clock[0] += 1.0 + 2.0 * rank
+            return clock[0]
+
+        trainer_module.time.time = tick
+        recipe = _recipe(Path(data_dir), steps=10_000, warmup=5, checkpoint_every=1000, log_every=50)
+        trainer = Trainer(recipe, out)
+        trainer.fit(progress=False, time_limit=600.0, fit_schedule=True)
+        Path(out, f"rank{rank}.txt").write_text(f"{trainer.step} {trainer.lr_horizon}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_processes_agree_on_the_fitted_schedule(data_dir, tmp_path) -> None:
+    out = tmp_path / "ddp"
+    tmp_mp.spawn(_ddp_fitted_worker, args=(2, _free_port(), str(data_dir), str(out)), nprocs=2, join=True)
+    ends = {(out / f"rank{r}.txt").read_text() for r in range(2)}
+    assert len(ends) == 1, ends  # both stopped at the same step, with the same horizon
+    step, horizon = map(int, ends.pop().split())
+    assert 25 <= step == horizon < 10_000
+
+
 def test_real_data_shards_train_through_the_same_trainer(data_dir, tmp_path) -> None:
     import cdm3d.training.data.points  # noqa: F401
     from cdm3d.data.prepare import PrepareOptions, prepare_world

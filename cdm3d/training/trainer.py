@@ -245,8 +245,11 @@ class Trainer:
         instead: from the measured speed the trainer sets the step the cosine
         decay ends at (never past ``train.steps``) and stops there, so a lent
         GPU's minutes give a fully decayed run; the step it chose is in
-        ``state.pt`` (``lr_horizon``) and the log, and repeating the run with
-        ``train.steps`` set to it reproduces the schedule without a clock.
+        ``state.pt`` (``lr_horizon``, printed by tools/train.py). Repeating the
+        run with ``train.steps`` set to it gives nearly the same schedule
+        without a clock (the horizon is re-estimated as the run goes, so the
+        early learning rates differ slightly). Under DDP every process takes
+        the earliest horizon any of them measured.
         """
         if fit_schedule and time_limit is None:
             raise TrainingError("fitting the schedule to the time needs a time limit")
@@ -316,7 +319,12 @@ class Trainer:
         for the last checkpoint); the horizon only moves earlier, never past ``train.steps``."""
         left = max(0.0, 0.95 * time_limit - elapsed)
         reachable = self.step + int(left * steps_done / max(elapsed, 1e-6))
-        self.lr_horizon = max(self.step, min(self.lr_horizon, self.recipe.train.steps, reachable))
+        horizon = max(self.step, min(self.lr_horizon, self.recipe.train.steps, reachable))
+        if self.world > 1:  # processes that stopped at different steps would wait on each other for ever
+            agreed = torch.tensor([horizon], device=self.device)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+            horizon = int(agreed.item())
+        self.lr_horizon = horizon
 
     def _write_data_report(self) -> None:
         """``data_report.json``: the files the data source skipped (unreadable, non-finite), if it counts them."""
