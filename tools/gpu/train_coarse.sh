@@ -40,12 +40,10 @@ wait
 for name in coarse expert coarse_m expert_m; do
   echo "== $name: $(grep -v '^\s*$' "$RUNS/$name.log" | tail -n 3 | tr '\n' ' ')" | tee -a "$RUNS/summary.txt"
   tail -n 1 "$RUNS/$name/log.csv" 2>/dev/null | tee -a "$RUNS/summary.txt"
-  [ -f "$RUNS/$name/stage.safetensors" ] && $PY - "$RUNS/$name/stage.safetensors" "$OUT/$name.safetensors" <<'PYEOF'
-import sys
-from cdm3d.core.checkpoint import load_tensors, save_tensors
-tensors, meta = load_tensors(sys.argv[1])
-save_tensors(sys.argv[2], {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, meta)
-PYEOF
+  [ -f "$RUNS/$name/stage.safetensors" ] && $PY -c "import sys, torch; from cdm3d.stages import load_builtin
+from cdm3d.core import load_stage, save_stage
+load_builtin(); save_stage(load_stage(sys.argv[1]), sys.argv[2], torch.float16)" \
+    "$RUNS/$name/stage.safetensors" "$OUT/$name.safetensors"
 done
 echo "total $(( $(date +%s) - t0 )) s" | tee -a "$RUNS/summary.txt"
 tar -czf "$OUT/logs.tar.gz" -C "$RUNS" --exclude='*.safetensors' --exclude='state.pt' .
