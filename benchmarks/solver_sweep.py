@@ -3,12 +3,13 @@
     bash tools/env.sh python benchmarks/solver_sweep.py --model cdm3d/weights/default \
         --classifier benchmarks/assets/classifier.safetensors --out benchmarks/results/solver_sweep.json
 
-Every setting runs the cascade's point stages with the same solver and step count
-for both stages (the coarse guidance scale optionally swept too), on the same
-prompts and seeds. The baseline is Point-E's sampler, 64 Karras-Heun steps per
-stage. The report names the fastest setting whose category fidelity (on the final
-cloud) stays within ``--tolerance`` (2 points) of the baseline, and its speed-up
-in denoiser evaluations and in measured seconds.
+Every setting runs the cascade's diffusion point stages (one sample per prompt: a
+selector stage is left out) with the same solver and step count for both stages
+(the coarse guidance scale optionally swept too), on the same prompts and seeds.
+The baseline is Point-E's sampler, 64 Karras-Heun steps per stage. The report
+names the fastest setting whose category fidelity (on the final cloud) stays
+within ``--tolerance`` (2 points) of the baseline, and its speed-up in denoiser
+evaluations and in measured seconds.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.stages import load_builtin
 
     load_builtin()
-    cascade = point_stages(args.model)
+    cascade = point_stages(args.model, select=False)
     names = cascade.names
     classifier = PointClassifier.load(args.classifier)
     prompts = prompts_per_category(args.per_category, args.split)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.stages import load_builtin
 
     load_builtin()
-    cascade = point_stages(args.model)
+    cascade = point_stages(args.model, select=False)
     coarse_name, up_name = cascade.names[0], cascade.names[-1]
     classifier = PointClassifier.load(args.classifier)
     prompts = prompts_per_category(args.per_category, args.split)

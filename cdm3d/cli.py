@@ -25,6 +25,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-at", default=None, help="last stage to run (default: all)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps for every diffusion stage")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale for every diffusion stage")
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="samples per prompt the selector stage chooses among (default: the model's; 1: no choosing)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--mesher", choices=["sdf", "poisson"], default=None, help="mesh stage (default: the folder's)")
     p.add_argument("--images", action="store_true", help="text -> image: run the shipped image cascade")
@@ -269,7 +275,7 @@ def _prepare_output_folder(out: Path, stems: list[str], count: int, force: bool)
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from cdm3d.core import Cascade
+    from cdm3d.core import Cascade, SelectorStage
     from cdm3d.pipelines import sampling_overrides
 
     if not args.prompts:
@@ -294,7 +300,7 @@ def _generate(args: argparse.Namespace) -> int:
     from cdm3d.pipelines import with_mesher
 
     cascade = with_mesher(Cascade.from_pretrained(model), args.mesher)
-    sampling = sampling_overrides(cascade, args.steps, args.guidance)
+    sampling = sampling_overrides(cascade, args.steps, args.guidance, args.candidates)
     if args.via_image is None:
         _prepare_output_folder(args.out, cascade.names, len(args.prompts), args.force)
         outputs = cascade(args.prompts, seed=args.seed, stop_at=args.stop_at, sampling=sampling, device=device).outputs
@@ -309,10 +315,11 @@ def _generate(args: argparse.Namespace) -> int:
         second = cascade.run(cond, seed=args.seed, stop_at=args.stop_at, sampling=sampling, device=device)
         outputs = {f"image.{k}": v for k, v in first.outputs.items()} | second.outputs
     final = next(reversed(outputs.values()))
-    # Everything was checked before sampling; each file is written atomically.
+    # Everything was checked before sampling; each file is written atomically. A selector's output is the
+    # output before it (the kept candidates): not written twice.
     for name, result in outputs.items():
         save = getattr(result, "save_all", None)
-        if save is None:
+        if save is None or isinstance(cascade.stages.get(name), SelectorStage):
             continue
         for path in save(args.out, stem=name, force=True):
             print(path)

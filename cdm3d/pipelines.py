@@ -19,21 +19,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdm3d.core import Cascade, CascadeOutput, Conditioning, DiffusionStage
+from cdm3d.core import Cascade, CascadeOutput, Conditioning, DiffusionStage, SelectorStage
 from cdm3d.errors import InputError
 from cdm3d.paths import DEFAULT_IMAGE_MODEL, DEFAULT_MODEL
 
 
-def sampling_overrides(cascade: Cascade, steps: int | None, guidance: float | None) -> dict[str, dict[str, Any]]:
-    """The same steps / guidance scale for every diffusion stage (only the settings given)."""
+def sampling_overrides(
+    cascade: Cascade, steps: int | None, guidance: float | None, candidates: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """The same steps / guidance scale for every diffusion stage, and ``candidates`` for the selector stage
+    (only the settings given)."""
     settings: dict[str, Any] = {}
     if steps is not None:
         settings["steps"] = steps
     if guidance is not None:
         settings["guidance_scale"] = guidance
-    if not settings:
-        return {}
-    return {n: dict(settings) for n, s in cascade.stages.items() if isinstance(s, DiffusionStage)}
+    out = {n: dict(settings) for n, s in cascade.stages.items() if isinstance(s, DiffusionStage)} if settings else {}
+    if candidates is not None:
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+            raise InputError(f"candidates must be a whole number >= 1, got {candidates!r}")
+        selectors = [n for n, s in cascade.stages.items() if isinstance(s, SelectorStage)]
+        if not selectors:
+            raise InputError("this cascade has no selector stage (points.select) to choose among candidates")
+        out.update({n: {"candidates": candidates} for n in selectors})
+    return out
 
 
 MESHERS = ("sdf", "poisson")
@@ -129,8 +138,9 @@ class _Pipeline:
         stop_at: str | None,
         device: str | None,
         progress: bool,
+        candidates: int | None = None,
     ) -> Result:
-        sampling = sampling_overrides(self.cascade, steps, guidance)
+        sampling = sampling_overrides(self.cascade, steps, guidance, candidates)
         out = self.cascade.run(cond, seed=seed, stop_at=stop_at, sampling=sampling, device=device, progress=progress)
         return Result(out)
 
@@ -148,8 +158,11 @@ class _PromptPipeline(_Pipeline):
         stop_at: str | None = None,
         device: str | None = None,
         progress: bool = True,
+        candidates: int | None = None,
     ) -> Result:
-        return self._run(self.cascade.encode(prompts), seed, steps, guidance, stop_at, device, progress)
+        """``candidates``: samples per prompt the selector stage chooses among (default: the cascade's; 1: no
+        choosing), in cascades with one (``points.select``)."""
+        return self._run(self.cascade.encode(prompts), seed, steps, guidance, stop_at, device, progress, candidates)
 
 
 class TextTo3D(_PromptPipeline):
@@ -226,11 +239,13 @@ class ImageTo3D(_Pipeline):
         device: str | None = None,
         progress: bool = True,
         reframe: bool = True,
+        candidates: int | None = None,
     ) -> Result:
         """``reframe=False`` gives the images to CLIP as they are, not enlarged to the framing of its training
-        images (``clip.image_fill`` in the cascade folder; see :mod:`cdm3d.core.framing`)."""
+        images (``clip.image_fill`` in the cascade folder; see :mod:`cdm3d.core.framing`). ``candidates``: as
+        for ``TextTo3D``."""
         cond = self.cascade.encode(prompts, load_images(images), reframe=reframe)
-        return self._run(cond, seed, steps, guidance, stop_at, device, progress)
+        return self._run(cond, seed, steps, guidance, stop_at, device, progress, candidates)
 
 
 class TextToImage(_PromptPipeline):
@@ -269,13 +284,14 @@ class TextToImageTo3D:
         stop_at: str | None = None,
         device: str | None = None,
         progress: bool = True,
+        candidates: int | None = None,
     ) -> Result:
         """``stop_at`` names a stage of the 3D cascade; every stage's output of both cascades is returned
-        (image stages under ``image.<name>``)."""
+        (image stages under ``image.<name>``). ``candidates``: as for ``TextTo3D`` (the 3D cascade's)."""
         first = self.image(prompts, seed=seed, steps=steps, guidance=guidance, device=device, progress=progress)
         images = first.images.pixels
         cond = self.shape.cascade.encode(prompts, images)
-        second = self.shape._run(cond, seed, steps, guidance, stop_at, device, progress)
+        second = self.shape._run(cond, seed, steps, guidance, stop_at, device, progress, candidates)
         outputs = {f"image.{k}": v for k, v in first.output.outputs.items()} | second.output.outputs
         timings = {f"image.{k}": v for k, v in first.timings.items()} | second.timings
-        return Result(CascadeOutput(outputs, cond, timings))
+        return Result(CascadeOutput(outputs, cond, timings, second.output.selection))

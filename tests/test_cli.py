@@ -55,7 +55,7 @@ def test_info_describes_a_cascade_folder(tmp_path, capsys) -> None:
     assert "low-noise expert below timestep 250" in out
 
 
-def _tiny_point_cascade(folder) -> None:
+def _tiny_point_cascade(folder, select: bool = False) -> None:
     import torch
 
     from cdm3d.core import Cascade, ClipEncoder, build_stage
@@ -83,11 +83,28 @@ def _tiny_point_cascade(folder) -> None:
             "sampling": {"steps": 2},
         }
     )
+    stages = [("coarse", coarse), ("upsample", up)]
+    if select:
+        stages.append(("select", build_stage({"type": "points.select", "embed_dim": 16, "network": {"width": 8}})))
     torch.manual_seed(0)
-    for stage in (coarse, up):
+    for _, stage in stages:
         for p in stage.parameters():
             torch.nn.init.normal_(p, std=0.1)
-    Cascade([("coarse", coarse), ("upsample", up)], clip=clip).save_pretrained(folder)
+    Cascade(stages, clip=clip).save_pretrained(folder)
+
+
+def test_generate_with_candidates_writes_the_chosen_clouds_once(tmp_path, capsys) -> None:
+    model, out = tmp_path / "model", tmp_path / "out"
+    _tiny_point_cascade(model, select=True)
+    assert main(["generate", "a red cube", "--model", str(model), "-o", str(out), "--candidates", "3"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "upsample_0.ply" in names and "coarse_0.npz" in names and not any(n.startswith("select") for n in names)
+    assert main(["generate", "a red cube", "--model", str(model), "-o", str(out), "--candidates", "0", "--force"]) == 2
+    assert "candidates must be a whole number >= 1" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    _tiny_point_cascade(plain)
+    assert main(["generate", "a red cube", "--model", str(plain), "-o", str(out), "--candidates", "2", "--force"]) == 2
+    assert "no selector stage" in capsys.readouterr().err
 
 
 def test_generate_writes_clouds_and_previews_and_refuses_to_overwrite(tmp_path, capsys) -> None:

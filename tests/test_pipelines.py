@@ -23,11 +23,30 @@ def test_text_to_3d_returns_every_stage_and_a_coloured_mesh(pipe, tmp_path) -> N
     assert out["coarse"] is out.coarse_points
     path = out.mesh.save(tmp_path / "lamp.glb")
     assert path.stat().st_size > 1000
+    # The selector stage kept one of its candidates per prompt, and the coarse cloud that candidate came from.
+    chosen = out.output.selection["select"]["chosen"]
+    assert out.output.selection["select"]["scores"].shape == (2, pipe.cascade.stages["select"].candidates())
     again = pipe("a tall red lamp", seed=0, stop_at="coarse", progress=False)
-    # The first prompt of a batch gets the same noise alone as in the batch (up to batch-size rounding).
-    assert torch.allclose(again.coarse_points.coords[0], out.coarse_points.coords[0], atol=1e-3)
+    # Without the selector in the run, one sample per prompt: the first candidate of the full run. The first
+    # example of a batch gets the same noise alone as in the batch (up to batch-size rounding).
+    first = pipe(["a tall red lamp", "a blue mug"], seed=0, stop_at="upsample", progress=False)
+    assert torch.allclose(again.coarse_points.coords[0], first.coarse_points.coords[0], atol=1e-3)
+    assert chosen.shape == (2,) and out.points.coords.shape == first.points.coords.shape
     with pytest.raises(InputError, match="no Meshes"):
         _ = again.mesh
+
+
+def test_candidates_choose_among_samples_and_one_turns_the_choice_off(pipe) -> None:
+    out = pipe("a blue mug", seed=0, steps=2, candidates=3, stop_at="select", progress=False)
+    scores = out.output.selection["select"]["scores"]
+    assert scores.shape == (1, 3) and out.output.selection["select"]["chosen"].item() == scores.argmax().item()
+    one = pipe("a blue mug", seed=0, steps=2, candidates=1, stop_at="select", progress=False)
+    assert not one.output.selection and torch.equal(one.points.coords, one["upsample"].coords)
+    for bad in (0, -1, 2.5, "4", True):
+        with pytest.raises(InputError, match="candidates"):
+            pipe("a blue mug", steps=2, candidates=bad, progress=False)
+    with pytest.raises(InputError, match="no selector stage"):
+        TextToImage.from_pretrained()("a red mug", steps=2, candidates=2, progress=False)
 
 
 @pytest.mark.parametrize("bad", ["", "   ", 42, None, ["ok", 3]])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from contract import check_stage_contract
@@ -12,6 +14,8 @@ from toy_signals import (
     Signals,
     ToyCoarseConfig,
     ToyCoarseStage,
+    ToySelectConfig,
+    ToySelectStage,
     ToyUpsampleConfig,
     ToyUpsampleStage,
     classify,
@@ -259,3 +263,86 @@ def test_a_high_noise_stage_needs_an_expert_that_meets_its_range() -> None:
     assert torch.isfinite(out).all() and min(seen_high) >= 300 and max(seen_expert) < 300
     with pytest.raises(InputError, match=r"needs its low-noise expert"):
         high.sample(None, cond, generator=torch.Generator().manual_seed(0), sampling={**FAST, "expert": False})
+
+
+# -- selector stages: the best of several candidates per example -------------------------------------------
+@pytest.fixture(scope="module")
+def selector() -> ToySelectStage:
+    stage = ToySelectStage(validate(ToySelectConfig, {"type": "toy.select"}))
+    losses = train_toy(stage, steps=600, seed=2)
+    # With 4 classes a batch of 64 holds 16 examples per target: the contrastive loss cannot go below log(16).
+    floor = math.log(64 / NUM_CLASSES)
+    assert losses[0] > floor + 1.0 and sum(losses[-50:]) / 50 < floor + 0.1, (losses[0], losses[-50:])
+    return stage
+
+
+def _with_selector(trained: Cascade, selector: ToySelectStage) -> Cascade:
+    return Cascade([("coarse", trained.stages["coarse"]), ("upsample", trained.stages["upsample"]), ("pick", selector)])
+
+
+# Unconditional sampling (guidance scale 0): about one sample in four has the example's class.
+WEAK = {"coarse": {**FAST, "guidance_scale": 0.0}, "upsample": {**FAST, "guidance_scale": 0.0}}
+
+
+def test_selector_keeps_the_best_scored_candidate_and_the_stages_before_follow(trained, selector) -> None:
+    cascade = _with_selector(trained, selector)
+    labels = _labels(8)
+    out = cascade.run(conditioning(labels), seed=3, sampling={**WEAK, "pick": {"candidates": 4}}, progress=False)
+    scores, chosen = out.selection["pick"]["scores"], out.selection["pick"]["chosen"]
+    assert scores.shape == (8, 4) and torch.equal(chosen, scores.argmax(1))
+    # The candidates are what the stages before the selector sample for each example repeated 4 times.
+    cands = trained.run(conditioning(labels.repeat_interleave(4)), seed=3, sampling=WEAK, progress=False)
+    rows = torch.arange(8) * 4 + chosen
+    assert torch.equal(out["pick"].values, cands["upsample"].values[rows])
+    assert torch.equal(out["upsample"].values, cands["upsample"].values[rows])
+    assert torch.equal(out["coarse"].values, cands["coarse"].values[rows])
+    assert out["pick"].values.shape == (8, FINE)
+    # The kept candidate's score is the selector's score of that candidate.
+    again = selector.score(out["pick"], conditioning(labels))
+    torch.testing.assert_close(again, scores.max(1).values)
+    assert len(chosen.unique()) > 1  # the choice depends on the candidates, not a fixed position
+
+
+def test_a_trained_selector_raises_fidelity_and_one_candidate_changes_nothing(trained, selector) -> None:
+    cascade = _with_selector(trained, selector)
+    labels = _labels(64)
+    cond = conditioning(labels)
+    fidelity = {}
+    for k in (1, 8):
+        out = cascade.run(cond, seed=0, sampling={**WEAK, "pick": {"candidates": k}}, progress=False)
+        fidelity[k] = (classify(out.final.values) == labels).float().mean().item()
+        if k == 1:
+            plain = trained.run(cond, seed=0, sampling=WEAK, progress=False)
+            assert torch.equal(out.final.values, plain.final.values) and not out.selection
+    assert fidelity[1] < 0.5, fidelity
+    assert fidelity[8] > 0.75, fidelity  # one of 8 candidates has the class for 1 - 0.75^8 = 90% of examples
+
+
+def test_selector_settings_and_bad_input(trained, selector, tmp_path) -> None:
+    cascade = _with_selector(trained, selector)
+    cond = conditioning(_labels(4))
+    with pytest.raises(ConfigError):
+        cascade.run(cond, sampling={**WEAK, "pick": {"candidates": 0}}, progress=False)
+    with pytest.raises(ConfigError):
+        cascade.run(cond, sampling={**WEAK, "pick": {"no_such_setting": 1}}, progress=False)
+    with pytest.raises(InputError, match="only one selector"):
+        second = ToySelectStage(validate(ToySelectConfig, {"type": "toy.select"}))
+        Cascade([*cascade.stages.items(), ("pick2", second)]).run(cond, sampling=WEAK, progress=False)
+    # A selector that starts the run has nothing to draw candidates from: it passes its input on.
+    init = Signals(torch.randn(4, FINE))
+    out = cascade.run(cond, start_at="pick", init=init, progress=False)
+    assert torch.equal(out["pick"].values, init.values) and not out.selection
+    # Stopping before the selector draws no candidates.
+    assert cascade.run(cond, stop_at="upsample", sampling=WEAK, progress=False)["upsample"].values.shape == (4, FINE)
+    # An output that cannot be indexed by rows cannot be repeated into candidates (nor selected among).
+    no_rows = type("Signals", (), {"values": torch.zeros(4, COARSE)})  # the type name the stage checks
+    with pytest.raises(InputError, match="indexable by rows"):
+        cascade.run(cond, start_at="upsample", init=no_rows(), sampling={"upsample": FAST}, progress=False)
+    # Saved and reloaded, the selector scores alike.
+    cascade.save_pretrained(tmp_path / "casc")
+    reloaded = Cascade.from_pretrained(tmp_path / "casc")
+    out = cascade.run(cond, seed=1, sampling=WEAK, progress=False)
+    torch.testing.assert_close(
+        reloaded.run(cond, seed=1, sampling=WEAK, progress=False).selection["pick"]["scores"],
+        out.selection["pick"]["scores"],
+    )

@@ -32,7 +32,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def _recipe(data_dir: Path, stage: str = "points.coarse", anchored: bool = False, **train) -> TrainRecipe:
-    net = {"width": 32, "layers": 1, "heads": 2}
+    net = {"width": 16} if stage == "points.select" else {"width": 32, "layers": 1, "heads": 2}
     stage_cfg = {"type": stage, "embed_dim": 16, "num_points": 64, "network": net}
     if stage == "points.upsample":
         stage_cfg["coarse_points"] = 32
@@ -82,6 +82,20 @@ def test_upsample_stage_trains(data_dir, tmp_path) -> None:
 def test_anchored_upsample_stage_trains(data_dir, tmp_path) -> None:
     losses = Trainer(_recipe(data_dir, "points.upsample", anchored=True, steps=60), tmp_path / "up").fit(progress=False)
     assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
+
+
+def test_point_selector_trains_through_the_same_trainer(data_dir, tmp_path) -> None:
+    """points.select's critic: the contrastive loss falls and the run folder holds a stage that scores clouds."""
+    from cdm3d.core import load_stage
+    from cdm3d.types import PointClouds
+
+    losses = Trainer(_recipe(data_dir, "points.select", steps=60, lr=3e-3), tmp_path / "sel").fit(progress=False)
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10]), (losses[:10], losses[-10:])
+    stage = load_stage(tmp_path / "sel" / "stage.safetensors", expected_type="points.select")
+    cond = ClipEncoder.from_config(TINY_CLIP).encode(["a red cube", "a blue sphere"])
+    clouds = PointClouds(torch.rand(2, 100, 3) - 0.5, torch.rand(2, 100, 3))
+    scores = stage.score(clouds, cond, torch.Generator().manual_seed(0))
+    assert scores.shape == (2,) and torch.isfinite(scores).all() and (scores.abs() <= 1 + 1e-5).all()
 
 
 def test_resume_continues_with_the_same_losses_and_weights(data_dir, tmp_path) -> None:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from cdm3d.core import STAGES, Conditioning, DiffusionStage, DiffusionStageConfig
+from cdm3d.core import STAGES, Conditioning, DiffusionStage, DiffusionStageConfig, SelectorStage, SelectorStageConfig
 from cdm3d.core.config import StrictConfig
 from cdm3d.errors import InputError
 
@@ -29,6 +29,9 @@ class Signals:
     """values: [B, L] float32."""
 
     values: torch.Tensor
+
+    def __getitem__(self, rows: torch.Tensor) -> Signals:
+        return Signals(self.values[rows])
 
 
 class ToyNetConfig(StrictConfig):
@@ -106,6 +109,43 @@ class ToyUpsampleStage(DiffusionStage):
         return Signals(x.float().cpu())
 
 
+class ToyCritic(nn.Module):
+    """An MLP embedding a fine signal into the class-embedding space (the selector network contract)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(FINE, hidden), nn.SiLU(), nn.Linear(hidden, EMBED_DIM))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+class ToySelectConfig(SelectorStageConfig):
+    type: Literal["toy.select"] = "toy.select"
+    embed_dim: int = EMBED_DIM
+    network: ToyNetConfig = ToyNetConfig()
+
+
+@STAGES.register("toy.select")
+class ToySelectStage(SelectorStage):
+    Config = ToySelectConfig
+    consumes: ClassVar[str] = "Signals"
+    produces: ClassVar[str] = "Signals"
+
+    def __init__(self, config: ToySelectConfig) -> None:
+        super().__init__(config)
+        self.net = ToyCritic(config.network.hidden)
+
+    def read(self, prev: Any, generator: torch.Generator | None) -> torch.Tensor:
+        if prev.values.ndim != 2 or prev.values.shape[1] != FINE:
+            raise InputError(f"toy.select reads fine signals [B, {FINE}], got {tuple(prev.values.shape)}")
+        return prev.values
+
+    def train_input(self, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return x0 + 0.1 * torch.randn(x0.shape, generator=generator)
+
+
 # -- the toy world ---------------------------------------------------------------------
 def class_embeddings() -> torch.Tensor:
     g = torch.Generator().manual_seed(1234)
@@ -134,7 +174,7 @@ def classify(signals: torch.Tensor) -> torch.Tensor:
     return spectrum[:, 1 : NUM_CLASSES + 1].argmax(1)
 
 
-def train_toy(stage: DiffusionStage, steps: int = 400, batch: int = 64, seed: int = 0) -> list[float]:
+def train_toy(stage: DiffusionStage | SelectorStage, steps: int = 400, batch: int = 64, seed: int = 0) -> list[float]:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.Adam(stage.parameters(), lr=2e-3)
@@ -143,8 +183,8 @@ def train_toy(stage: DiffusionStage, steps: int = 400, batch: int = 64, seed: in
     for _ in range(steps):
         labels = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
         fine = fine_signals(labels, g)
-        if stage.consumes is None:
-            loss = stage.loss(coarse_of(fine), conditioning(labels), generator=g)
+        if stage.consumes is None or isinstance(stage, SelectorStage):
+            loss = stage.loss(coarse_of(fine) if stage.consumes is None else fine, conditioning(labels), generator=g)
         else:
             loss = stage.loss(fine, conditioning(labels), coarse_of(fine), generator=g)
         opt.zero_grad()

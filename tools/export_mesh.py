@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument(
+        "--candidates", type=int, default=None, help="samples per prompt to choose among (default: the model's)"
+    )
     parser.add_argument("--gif", action="store_true", help="also write a turntable GIF per result")
     parser.add_argument("--mesher", choices=["sdf", "poisson"], default=None, help="mesh stage (default: the model's)")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         from cdm3d.render.preview import save_gif, save_png, turntable
 
         pipe = TextTo3D.from_pretrained(args.model, mesher=args.mesher)
-        kwargs = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance}
+        kwargs = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance, "candidates": args.candidates}
         if args.prompts:
             out = pipe(args.prompts, **kwargs)
         else:

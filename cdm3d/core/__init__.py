@@ -10,6 +10,7 @@ from cdm3d.core.clip import ClipEncoder
 from cdm3d.core.conditioning import Conditioning
 from cdm3d.core.config import StrictConfig, load_yaml, updated, validate
 from cdm3d.core.registry import STAGES, Registry
+from cdm3d.core.selection import SelectionConfig, SelectorStage, SelectorStageConfig
 from cdm3d.core.stage import (
     DiffusionConfig,
     DiffusionStage,
@@ -33,6 +34,9 @@ __all__ = [
     "DiffusionStageConfig",
     "Registry",
     "SamplingConfig",
+    "SelectionConfig",
+    "SelectorStage",
+    "SelectorStageConfig",
     "Stage",
     "StageConfig",
     "StrictConfig",

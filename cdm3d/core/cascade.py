@@ -27,6 +27,7 @@ from pydantic import Field
 from cdm3d.core.clip import ClipEncoder
 from cdm3d.core.conditioning import Conditioning
 from cdm3d.core.config import StrictConfig, load_yaml, validate
+from cdm3d.core.selection import SelectorStage
 from cdm3d.core.stage import Stage
 from cdm3d.core.stage_io import build_stage, load_stage, save_stage
 from cdm3d.errors import CheckpointError, ConfigError, InputError, StorageError
@@ -81,6 +82,9 @@ class CascadeOutput:
     outputs: dict[str, Any]
     cond: Conditioning
     timings: dict[str, float] = field(default_factory=dict)
+    # A selector stage's choice, when the run had several candidates per example: its name ->
+    # {"scores": [B, K] candidate scores, "chosen": [B] index of the kept candidate}.
+    selection: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
         if name not in self.outputs:
@@ -178,6 +182,11 @@ class Cascade:
             offload: keep only the running stage on ``device``; the others go to the CPU.
             progress: show a progress bar per stage.
             callback: called as ``callback(stage_name, step, total)``.
+
+        A selector stage (:class:`~cdm3d.core.selection.SelectorStage`) that asks for ``K > 1`` candidates
+        has the stages before it (in this run) produce ``K`` per example, keeps the best-scored one of each
+        example and gathers the earlier outputs to it; its scores and choice are in ``output.selection``.
+        The outputs of the stages before a selector must support indexing by a tensor of rows.
         """
         import time
 
@@ -195,7 +204,15 @@ class Cascade:
                 stage.to("cpu")
         outputs: dict[str, Any] = {}
         timings: dict[str, float] = {}
+        selection: dict[str, dict[str, torch.Tensor]] = {}
+        batch = cond.batch_size
+        selector, per = self._selector(names, sampling)
+        run_cond = cond
         prev = init
+        if per > 1:
+            run_cond = cond.repeat_interleave(per)
+            if prev is not None:
+                prev = _rows(prev, torch.arange(batch).repeat_interleave(per), names[0])
         for k, name in enumerate(names):
             stage = self.stages[name]
             if device is not None:
@@ -212,14 +229,37 @@ class Cascade:
             generator = torch.Generator().manual_seed(stage_seed(seed, name))
             start = time.perf_counter()
             try:
-                prev = stage.sample(prev, cond, generator=generator, sampling=settings, callback=step)
+                if name == selector:
+                    scores = stage.score(prev, run_cond, generator=generator, sampling=settings).view(batch, per)
+                    chosen = scores.argmax(1)
+                    keep = torch.arange(batch) * per + chosen
+                    outputs = {n: _rows(v, keep, n) for n, v in outputs.items()}
+                    prev = stage.sample(_rows(prev, keep, names[k - 1]), cond, sampling=settings, callback=step)
+                    selection[name] = {"scores": scores, "chosen": chosen}
+                    run_cond = cond
+                else:
+                    prev = stage.sample(prev, run_cond, generator=generator, sampling=settings, callback=step)
             finally:
                 bar.close()
                 if offload and device is not None:
                     stage.to("cpu")
             timings[name] = time.perf_counter() - start
             outputs[name] = prev
-        return CascadeOutput(outputs, cond, timings)
+        return CascadeOutput(outputs, cond, timings, selection)
+
+    def _selector(self, names: list[str], sampling: dict[str, dict[str, Any]]) -> tuple[str | None, int]:
+        """The selector stage of this run that asks for several candidates, and how many (1: none). A
+        selector that starts the run has no earlier stage to draw candidates from: it passes its input on."""
+        asking = [
+            n
+            for n in names[1:]
+            if isinstance(self.stages[n], SelectorStage) and self.stages[n].candidates(sampling.get(n)) > 1
+        ]
+        if len(asking) > 1:
+            raise InputError(f"only one selector stage per run can draw several candidates; these do: {asking}")
+        if not asking:
+            return None, 1
+        return asking[0], self.stages[asking[0]].candidates(sampling.get(asking[0]))
 
     def __call__(self, prompts: Any = None, images: torch.Tensor | None = None, **kwargs: Any) -> CascadeOutput:
         return self.run(self.encode(prompts, images), **kwargs)
@@ -319,6 +359,16 @@ class Cascade:
         if clip is None and recipe.clip is not None:
             clip = _load_clip(path.parent, recipe.clip)
         return cls(stages, clip=clip, clip_ref=recipe.clip)
+
+
+def _rows(output: Any, rows: torch.Tensor, name: str) -> Any:
+    """``output[rows]``: the rows of a batched output (a selector keeps or repeats examples)."""
+    try:
+        return output[rows]
+    except (TypeError, IndexError, KeyError) as err:
+        raise InputError(
+            f"a selector stage needs the output of '{name}' ({type(output).__name__}) to be indexable by rows: {err}"
+        ) from None
 
 
 def read_cascade_file(directory: Path) -> CascadeFile:

@@ -103,7 +103,7 @@ def point_cascade(geometry: str | Path, device: str) -> Cascade:
         raise InputError(f"unknown geometry {geometry!r}: use {', '.join(GEOMETRIES)} or a cascade folder")
     from cdm3d.eval.stages import point_stages
 
-    return point_stages(path, load_clip=False).to(device)
+    return point_stages(path, load_clip=False, select=False).to(device)
 
 
 def random_conditioning(cascade: Cascade, batch: int) -> Conditioning:

@@ -164,17 +164,19 @@ def evaluate_points(
     per category; 1-NNA, COV and MMD (CD) per category against test clouds of 2048
     points; the upsampler against nearest-neighbour upsampling of ground-truth coarse
     clouds; optionally the conditioning-augmentation ablation on generated coarse
-    clouds; with a low-noise expert in the coarse stage, fidelity without it; and the batch-1
-    seconds per sample. ``overrides`` (solver, steps) apply to every point stage, ``guidance``
-    to the first.
+    clouds; with a low-noise expert in the coarse stage, fidelity without it; with a selector
+    stage, fidelity with one candidate per prompt; and the batch-1 seconds per sample.
+    ``overrides`` (solver, steps) apply to every diffusion stage, ``guidance`` to the first.
     """
-    from cdm3d.core import load_stage
+    from cdm3d.core import DiffusionStage, SelectorStage, load_stage
     from cdm3d.eval.stages import point_stages
 
     torch.manual_seed(0)
     cascade = point_stages(model)
     names = cascade.names
-    sampling = {n: dict(overrides or {}) for n in names}
+    diffusion = [n for n in names if isinstance(cascade.stages[n], DiffusionStage)]
+    selectors = [n for n in names if isinstance(cascade.stages[n], SelectorStage)]
+    sampling: dict[str, dict] = {n: dict(overrides or {}) for n in diffusion}
     if guidance is not None:
         sampling[names[0]]["guidance_scale"] = guidance
     classifier = PointClassifier.load(classifier_path)
@@ -185,22 +187,43 @@ def evaluate_points(
     cond = cascade.encode(captions)
     start = time.time()
     outs = generate(cascade, cond, batch, seed=0, sampling=sampling)
-    coarse_name, up_name = names[0], names[-1]
+    # The diffusion stages: the coarse one and the upsampler; the final clouds are the last stage's (a selector's
+    # choice among candidates when the cascade has one).
+    coarse_name, up_name, final_name = names[0], diffusion[-1], names[-1]
     report: dict = {
         "model": str(model),
         "prompts": len(prompts),
-        "sampling": {n: cascade.stages[n].resolve_sampling(sampling[n]).model_dump() for n in names},
+        "sampling": {n: cascade.stages[n].resolve_sampling(sampling.get(n)).model_dump() for n in names},
     }
     report["coarse"] = fidelity(classifier, outs[coarse_name], categories, colors)
-    report["final"] = fidelity(classifier, outs[up_name], categories, colors)
+    report["final"] = fidelity(classifier, outs[final_name], categories, colors)
     # PointFlow compares 2048-point clouds: subsample the generated ones, sample 2048 ground-truth points.
     ref = torch.stack([ground_truth(p[0], 2048) for p in prompts])
-    report["final"]["distribution_cd"] = per_category_distribution(subsample(outs[up_name].coords), ref, categories)
+    report["final"]["distribution_cd"] = per_category_distribution(subsample(outs[final_name].coords), ref, categories)
+    # The ablations below compare one sample per prompt (no selection), so their figures isolate what they test.
+    single = {**sampling, **{n: {"candidates": 1} for n in selectors}}
+    plain = outs
+    if selectors:
+        plain = generate(cascade, cond, batch, seed=0, sampling=single)
+        without = {
+            k: fidelity(classifier, plain[n], categories, colors)
+            for k, n in (("coarse", coarse_name), ("final", final_name))
+        }
+        without["final"]["distribution_cd"] = per_category_distribution(
+            subsample(plain[final_name].coords), ref, categories
+        )["mean_over_categories"]
+        report["selection_ablation"] = {
+            "stage": selectors[0],
+            "candidates": cascade.stages[selectors[0]].candidates(),
+            "with_selection": {k: report[k]["category_fidelity"] for k in ("coarse", "final")},
+            "without_selection": without,
+        }
     up_sampling = sampling[up_name]
+    up_only = Cascade([(n, cascade.stages[n]) for n in (coarse_name, up_name)], clip=cascade.clip)
     report["upsampler_vs_nearest_neighbour"] = upsampler_vs_nearest(
-        cascade, prompts[:: max(1, len(prompts) // 64)], batch, seed=1, sampling=up_sampling
+        up_only, prompts[:: max(1, len(prompts) // 64)], batch, seed=1, sampling=up_sampling
     )
-    if upsampler_noaug is not None and len(names) > 1:
+    if upsampler_noaug is not None and len(diffusion) > 1:
         noaug = load_stage(upsampler_noaug)
         ablation = {}
         for label, stage in (("with_augmentation", cascade.stages[up_name]), ("without_augmentation", noaug)):
@@ -208,7 +231,7 @@ def evaluate_points(
             settings = dict(up_sampling)
             if label == "without_augmentation":
                 settings["aug_level"] = 0.0
-            dense = generate(c2, cond, batch, seed=0, init=outs[coarse_name], sampling={up_name: settings})[up_name]
+            dense = generate(c2, cond, batch, seed=0, init=plain[coarse_name], sampling={up_name: settings})[up_name]
             row = fidelity(classifier, dense, categories, colors)
             row.pop("category_fidelity_per_category")
             row.update(per_category_distribution(subsample(dense.coords), ref, categories)["mean_over_categories"])
@@ -218,20 +241,23 @@ def evaluate_points(
     coarse_stage = cascade.stages[coarse_name]
     if getattr(coarse_stage, "expert", None) is not None:
         # The low-noise expert's ablation: the same prompts and seeds with the coarse stage's own network throughout
-        # (impossible for a stage trained above the switch only).
+        # (impossible for a stage trained above the switch only); one sample per prompt on both sides.
         ablation = {
             "switch_timestep": coarse_stage.expert_switch,
-            "with_expert": {k: report[k]["category_fidelity"] for k in ("coarse", "final")},
+            "with_expert": {
+                k: fidelity(classifier, plain[n], categories, colors)["category_fidelity"]
+                for k, n in (("coarse", coarse_name), ("final", final_name))
+            },
             "without_expert": None,
         }
         if coarse_stage.lowest_timestep > 0:
             ablation["why"] = "the coarse stage is trained above the switch only and cannot sample without its expert"
         else:
-            plain = {**sampling, coarse_name: {**sampling[coarse_name], "expert": False}}
-            without = generate(cascade, cond, batch, seed=0, sampling=plain)
+            no_expert = {**single, coarse_name: {**sampling[coarse_name], "expert": False}}
+            without = generate(cascade, cond, batch, seed=0, sampling=no_expert)
             ablation["without_expert"] = {
                 "coarse": fidelity(classifier, without[coarse_name], categories, colors)["category_fidelity"],
-                "final": fidelity(classifier, without[up_name], categories, colors)["category_fidelity"],
+                "final": fidelity(classifier, without[final_name], categories, colors)["category_fidelity"],
             }
         report["expert_ablation"] = ablation
     report["generation_seconds"] = round(time.time() - start, 1)

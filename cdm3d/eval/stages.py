@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdm3d.core import Cascade
+from cdm3d.core import Cascade, SelectorStage
 
 
-def point_stages(folder: str | Path, load_clip: bool = True) -> Cascade:
-    """The stages of ``folder`` that produce point clouds, in order, with its CLIP (if loaded)."""
+def point_stages(folder: str | Path, load_clip: bool = True, select: bool = True) -> Cascade:
+    """The stages of ``folder`` that produce point clouds, in order, with its CLIP (if loaded). ``select=False``
+    leaves out a selector stage (``points.select``): one sample per prompt, the diffusion stages alone."""
     full = Cascade.from_pretrained(folder, load_clip=load_clip)
-    return Cascade([(n, s) for n, s in full.stages.items() if s.produces == "PointClouds"], clip=full.clip)
+    keep = [
+        (n, s)
+        for n, s in full.stages.items()
+        if s.produces == "PointClouds" and (select or not isinstance(s, SelectorStage))
+    ]
+    return Cascade(keep, clip=full.clip)

@@ -9,7 +9,9 @@ Two caches, built once:
   ``null_text [D]``; needs the CLIP, not the geometry.
 
 Each example of a batch is conditioned on text or on an image (chosen at random,
-``image_prob``), the other slot holding its null embedding.
+``image_prob``), the other slot holding its null embedding. ``points.coarse`` and
+``points.select`` learn from whole clouds, ``points.upsample`` from (coarse, more
+points) pairs of the same cloud.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from cdm3d.core import Conditioning, DiffusionStage
+from cdm3d.core import Conditioning, DiffusionStage, SelectorStage
 from cdm3d.core.checkpoint import atomic_path, load_tensors, save_tensors
 from cdm3d.core.config import StrictConfig
 from cdm3d.errors import InputError
@@ -136,9 +138,14 @@ class PointCloudData:
 
     def _check_sizes(self) -> None:
         cfg = self.stage.config
-        need = cfg.num_points + getattr(cfg, "coarse_points", 0) if self.stage.consumes else cfg.num_points
+        need = cfg.num_points + getattr(cfg, "coarse_points", 0) if self._pairs() else cfg.num_points
         if need > self.points.shape[1]:
             raise InputError(f"the stage needs {need} points per object; the data holds {self.points.shape[1]}")
+
+    def _pairs(self) -> bool:
+        """Whether the stage learns (coarse cloud -> more points) pairs: an upsampler. A first stage and
+        a selector (``points.select``, which reads whole clouds) take clouds alone."""
+        return self.stage.consumes is not None and not isinstance(self.stage, SelectorStage)
 
     def to(self, device: torch.device | str) -> PointCloudData:
         """Keep the clouds on ``device`` (a GPU): batches are then gathered and shuffled there (8 against 12 ms
@@ -158,7 +165,7 @@ class PointCloudData:
         pts = torch.gather(pts, 1, order[..., None].expand(-1, -1, 6))
         cfg = self.stage.config
         cond_input = None
-        if self.stage.consumes is None:
+        if not self._pairs():
             x0 = pts[:, : cfg.num_points]
         elif getattr(cfg, "anchored", False):
             cond_input = pts[:, : cfg.coarse_points]

@@ -1,0 +1,150 @@
+"""Selector stages: several candidates per example, scored against the conditioning, the best one kept.
+
+A cascade run whose selector stage asks for ``candidates = K > 1`` (its sampling setting) runs the stages
+before the selector on every example K times: K independent samples, as rows ``i * K .. i * K + K - 1`` of a
+batch ``K`` times larger. The selector scores each candidate against its example's CLIP embedding and
+:meth:`Cascade.run <cdm3d.core.Cascade.run>` keeps, per example, the candidate with the highest score (the
+earlier stages' outputs too), so every output of the run has the batch of the conditioning again.
+
+The score is the cosine between the selector network's embedding of a candidate and the example's CLIP
+embedding (the mean of the slots it has: text, image or both). The network is trained through the generic
+trainer with CLIP's contrastive loss (InfoNCE, both directions, a learned temperature) between the
+embeddings of training outputs and their conditioning: a small CLIP of the stage's own modality, as DALL-E
+re-ranks samples with CLIP. The plugin supplies the network and how it reads an output (:meth:`read`,
+:meth:`train_input`).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.nn import functional as F
+
+from cdm3d.core.conditioning import Conditioning
+from cdm3d.core.config import StrictConfig, updated
+from cdm3d.core.stage import StepCallback, TrainableStage, TrainableStageConfig, split_part
+from cdm3d.errors import InputError
+
+
+class SelectionConfig(StrictConfig):
+    """Sampling-time settings of a selector stage (each can be overridden per call)."""
+
+    # Candidates per example the stages before the selector produce; 1 turns selection off.
+    candidates: int = Field(4, ge=1, le=64)
+    # Random reads of each candidate (a plugin may read a random subset of a large output) averaged per score.
+    reads: int = Field(4, ge=1, le=64)
+
+
+class SelectorStageConfig(TrainableStageConfig):
+    """Config of a selector stage; plugins add ``network`` and input fields."""
+
+    sampling: SelectionConfig = SelectionConfig()
+    # Initial temperature of the contrastive loss (learned, as CLIP's).
+    temperature: float = Field(0.07, gt=0.0, le=1.0)
+
+
+class SelectorStage(TrainableStage):
+    """A stage that keeps one of several candidates per example (see the module docstring).
+
+    ``consumes`` and ``produces`` are the same kind. Alone (one candidate per example) :meth:`sample`
+    returns its input unchanged. ``net(x) -> [B, D]`` embeds what :meth:`read` / :meth:`train_input`
+    make of an output and has a ``logit_scale`` parameter (log of the inverse temperature).
+    """
+
+    Config: ClassVar[type[SelectorStageConfig]] = SelectorStageConfig
+    config: SelectorStageConfig
+
+    @abstractmethod
+    def read(self, prev: Any, generator: torch.Generator | None) -> torch.Tensor:
+        """The network's input ``[B, ...]`` for a batch of candidates (one random read)."""
+
+    @abstractmethod
+    def train_input(self, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The network's input for training examples ``x0`` as the data source gives them (augmented)."""
+
+    # -- sampling ---------------------------------------------------------------------
+    def resolve_sampling(self, sampling: SelectionConfig | dict[str, Any] | None) -> SelectionConfig:
+        if sampling is None:
+            return self.config.sampling
+        if isinstance(sampling, dict):
+            sampling = updated(self.config.sampling, sampling, f"sampling settings of stage '{self.name}'")
+        if not isinstance(sampling, SelectionConfig):
+            raise InputError(f"sampling settings must be a mapping, got {type(sampling).__name__}")
+        return sampling
+
+    def candidates(self, sampling: Any = None) -> int:
+        """How many candidates per example this stage chooses among."""
+        return self.resolve_sampling(sampling).candidates
+
+    def sample(
+        self,
+        prev: Any,
+        cond: Conditioning,
+        *,
+        generator: torch.Generator | None = None,
+        sampling: Any = None,
+        callback: StepCallback | None = None,
+    ) -> Any:
+        """One candidate per example: ``prev`` itself (the cascade does the choosing, see :meth:`score`)."""
+        self.check_prev(prev)
+        self.resolve_sampling(sampling)
+        self._embeddings(cond)  # the same checks of the conditioning as when it scores
+        if callback is not None:
+            callback(0, 1)
+        return prev
+
+    def targets(self, cond: Conditioning) -> torch.Tensor:
+        """``[B, D]`` unit targets: the mean of each example's non-null slots of ``config.cond_keys``."""
+        emb, null = self._embeddings(cond)
+        present = (emb != null).any(-1, keepdim=True).float()  # [B, K, 1]
+        if (present.sum(1) == 0).any():
+            raise InputError(f"stage '{self.name}': an example has none of the slots {self.config.cond_keys}")
+        return F.normalize((emb * present).sum(1), dim=-1)
+
+    @torch.no_grad()
+    def score(
+        self, prev: Any, cond: Conditioning, generator: torch.Generator | None = None, sampling: Any = None
+    ) -> torch.Tensor:
+        """``[B]`` cosine between each candidate's embedding (mean over ``reads`` random reads) and its
+        example's CLIP embedding; higher is better."""
+        self.check_prev(prev)
+        s = self.resolve_sampling(sampling)
+        target = self.targets(cond)
+        was_training = self.training
+        self.eval()
+        try:
+            z = sum(self.net(self.read(prev, generator).to(self.device)) for _ in range(s.reads))
+        finally:
+            self.train(was_training)
+        if z.shape[0] != target.shape[0]:
+            raise InputError(f"stage '{self.name}': {z.shape[0]} candidates for {target.shape[0]} conditionings")
+        return (F.normalize(z, dim=-1) * target).sum(-1).cpu()
+
+    # -- training ---------------------------------------------------------------------
+    def loss(
+        self,
+        x0: torch.Tensor,
+        cond: Conditioning,
+        cond_input: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        part: tuple[int, int] | None = None,
+        net: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """CLIP's symmetric InfoNCE between the embeddings of ``x0`` and of its conditioning. Under data
+        parallelism (``part``) each process contrasts its own share of the batch (fewer negatives than one
+        process with the whole batch)."""
+        x = self.train_input(x0, generator)
+        target = self.targets(cond).to(x.device)
+        if part is not None:
+            sl = split_part(x.shape[0], part)
+            x, target = x[sl], target[sl]
+        net = net or self.net
+        z = F.normalize(net(x).float(), dim=-1)
+        scale = self.net.logit_scale.exp().clamp(max=100.0)
+        logits = scale * z @ target.T
+        labels = torch.arange(len(z), device=z.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
