@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -207,3 +208,46 @@ def test_eval_of_a_high_noise_stage_reports_why_it_has_no_expert_ablation(tmp_pa
     ablation = report["expert_ablation"]
     assert ablation["without_expert"] is None and "cannot sample without its expert" in ablation["why"]
     assert ablation["with_expert"]["final"] == report["final"]["category_fidelity"]
+
+
+def test_eval_and_selection_sweep_with_a_selector_stage(tmp_path) -> None:
+    """A cascade with points.select: the eval reports fidelity with and without the choice; the sweep a row per
+    number of candidates, the chosen fidelity between the worst case and the oracle."""
+    import sys
+
+    from cdm3d.core import build_stage
+    from cdm3d.eval.points_eval import evaluate_points
+
+    root = Path(__file__).resolve().parents[1]
+    tiny = point_cascade("tiny", "cpu")
+    clip = ClipEncoder.default()
+    select = build_stage({"type": "points.select", "embed_dim": clip.embed_dim, "network": {"width": 8}})
+    select.config = select.config.model_copy(
+        update={"sampling": select.config.sampling.model_copy(update={"candidates": 3})}
+    )
+    Cascade([*tiny.stages.items(), ("select", select)], clip=clip).save_pretrained(tmp_path / "tiny")
+    classifier = root / "benchmarks/assets/classifier.safetensors"
+    report = evaluate_points(
+        tmp_path / "tiny", classifier, per_category=1, batch=13, speed=False, overrides={"steps": 2}
+    )
+    ablation = report["selection_ablation"]
+    assert ablation["stage"] == "select" and ablation["candidates"] == 3
+    assert ablation["with_selection"]["final"] == report["final"]["category_fidelity"]
+    assert 0 <= ablation["without_selection"]["final"]["category_fidelity"] <= 1
+    assert report["sampling"]["select"]["candidates"] == 3 and report["sampling"]["coarse"]["steps"] == 2
+
+    sys.path.insert(0, str(root / "benchmarks"))
+    import selection_sweep
+
+    out = tmp_path / "sel.json"
+    argv = ["--model", str(tmp_path / "tiny"), "--classifier", str(classifier), "--candidates", "3"]
+    assert selection_sweep.main([*argv, "--per-category", "1", "--images", "--out", str(out)]) == 0
+    sweep = json.loads(out.read_text())
+    assert sweep["split"] == "val" and sweep["prompts"] == 13
+    for part in ("text", "image"):
+        rows = sweep[part]
+        assert [r["candidates"] for r in rows] == [1, 2, 3]
+        assert rows[0]["chosen"] == rows[0]["single_sample"] == rows[0]["oracle"]
+        for r in rows:
+            assert 0 <= r["chosen"] <= r["oracle"] <= 1
+        assert all(a["oracle"] <= b["oracle"] for a, b in itertools.pairwise(rows))

@@ -225,7 +225,10 @@ def _to_3d(shape_model, classifier_path, prompts, real, generated, batch, overri
         # The same renders without reframing them to the CLIP's training framing (its ablation).
         runs.append(("image_to_3d_without_reframing", points.encode(None, real, reframe=False)))
     out = {}
-    sampling = {n: dict(overrides or {}) for n in points.names}
+    from cdm3d.core import DiffusionStage
+
+    # Solver overrides apply to the diffusion stages (a selector stage keeps its candidates).
+    sampling = {n: dict(overrides or {}) for n, s in points.stages.items() if isinstance(s, DiffusionStage)}
     for label, cond in runs:
         outs = generate(points, cond, batch, seed=0, sampling=sampling)
         out[label] = _short(cloud_fidelity(classifier, outs[points.names[-1]], categories, colors))
