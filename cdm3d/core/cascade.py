@@ -212,7 +212,7 @@ class Cascade:
         if per > 1:
             run_cond = cond.repeat_interleave(per)
             if prev is not None:
-                prev = _rows(prev, torch.arange(batch).repeat_interleave(per), names[0])
+                prev = _rows(prev, torch.arange(batch).repeat_interleave(per), f"init (the input of '{names[0]}')")
         for k, name in enumerate(names):
             stage = self.stages[name]
             if device is not None:
@@ -233,8 +233,9 @@ class Cascade:
                     scores = stage.score(prev, run_cond, generator=generator, sampling=settings).view(batch, per)
                     chosen = scores.argmax(1)
                     keep = torch.arange(batch) * per + chosen
-                    outputs = {n: _rows(v, keep, n) for n, v in outputs.items()}
-                    prev = stage.sample(_rows(prev, keep, names[k - 1]), cond, sampling=settings, callback=step)
+                    outputs = {n: _rows(v, keep, f"the output of '{n}'") for n, v in outputs.items()}
+                    prev = _rows(prev, keep, f"the output of '{names[k - 1]}'")
+                    prev = stage.sample(prev, cond, sampling=settings, callback=step)
                     selection[name] = {"scores": scores, "chosen": chosen}
                     run_cond = cond
                 else:
@@ -361,13 +362,13 @@ class Cascade:
         return cls(stages, clip=clip, clip_ref=recipe.clip)
 
 
-def _rows(output: Any, rows: torch.Tensor, name: str) -> Any:
+def _rows(output: Any, rows: torch.Tensor, what: str) -> Any:
     """``output[rows]``: the rows of a batched output (a selector keeps or repeats examples)."""
     try:
         return output[rows]
     except (TypeError, IndexError, KeyError) as err:
         raise InputError(
-            f"a selector stage needs the output of '{name}' ({type(output).__name__}) to be indexable by rows: {err}"
+            f"a selector stage needs {what} ({type(output).__name__}) to be indexable by rows: {err}"
         ) from None
 
 
