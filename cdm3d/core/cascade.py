@@ -251,16 +251,11 @@ class Cascade:
     def _selector(self, names: list[str], sampling: dict[str, dict[str, Any]]) -> tuple[str | None, int]:
         """The selector stage of this run that asks for several candidates, and how many (1: none). A
         selector that starts the run has no earlier stage to draw candidates from: it passes its input on."""
-        asking = [
-            n
-            for n in names[1:]
-            if isinstance(self.stages[n], SelectorStage) and self.stages[n].candidates(sampling.get(n)) > 1
-        ]
+        wanted = {n: s.candidates(sampling.get(n)) for n in names[1:] if isinstance(s := self.stages[n], SelectorStage)}
+        asking = [n for n, k in wanted.items() if k > 1]
         if len(asking) > 1:
             raise InputError(f"only one selector stage per run can draw several candidates; these do: {asking}")
-        if not asking:
-            return None, 1
-        return asking[0], self.stages[asking[0]].candidates(sampling.get(asking[0]))
+        return (asking[0], wanted[asking[0]]) if asking else (None, 1)
 
     def __call__(self, prompts: Any = None, images: torch.Tensor | None = None, **kwargs: Any) -> CascadeOutput:
         return self.run(self.encode(prompts, images), **kwargs)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cdm3d.core.conditioning import Conditioning
-from cdm3d.core.config import StrictConfig, updated
+from cdm3d.core.config import StrictConfig
 from cdm3d.core.stage import StepCallback, TrainableStage, TrainableStageConfig, split_part
 from cdm3d.errors import InputError
 
@@ -68,13 +68,7 @@ class SelectorStage(TrainableStage):
 
     # -- sampling ---------------------------------------------------------------------
     def resolve_sampling(self, sampling: SelectionConfig | dict[str, Any] | None) -> SelectionConfig:
-        if sampling is None:
-            return self.config.sampling
-        if isinstance(sampling, dict):
-            sampling = updated(self.config.sampling, sampling, f"sampling settings of stage '{self.name}'")
-        if not isinstance(sampling, SelectionConfig):
-            raise InputError(f"sampling settings must be a mapping, got {type(sampling).__name__}")
-        return sampling
+        return self._settings(sampling, self.config.sampling)
 
     def candidates(self, sampling: Any = None) -> int:
         """How many candidates per example this stage chooses among."""

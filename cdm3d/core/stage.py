@@ -71,6 +71,17 @@ class Stage(nn.Module, ABC):
         """How many progress steps :meth:`sample` reports."""
         return 1
 
+    def _settings(self, sampling: Any, default: StrictConfig) -> Any:
+        """Sampling settings: ``default`` (the config's) for ``None``, updated by a mapping, or a config of
+        ``default``'s type as it is."""
+        if sampling is None:
+            return default
+        if isinstance(sampling, dict):
+            return updated(default, sampling, f"sampling settings of stage '{self.name}'")
+        if not isinstance(sampling, type(default)):
+            raise InputError(f"sampling settings must be a mapping, got {type(sampling).__name__}")
+        return sampling
+
     def check_prev(self, prev: Any) -> None:
         """Raise :class:`InputError` unless ``prev`` is what this stage consumes."""
         if self.consumes is None:
@@ -330,12 +341,7 @@ class DiffusionStage(TrainableStage):
 
     # -- sampling ---------------------------------------------------------------------
     def resolve_sampling(self, sampling: SamplingConfig | dict[str, Any] | None) -> SamplingConfig:
-        if sampling is None:
-            return self.config.sampling
-        if isinstance(sampling, dict):
-            sampling = updated(self.config.sampling, sampling, f"sampling settings of stage '{self.name}'")
-        if not isinstance(sampling, SamplingConfig):
-            raise InputError(f"sampling settings must be a mapping, got {type(sampling).__name__}")
+        sampling = self._settings(sampling, self.config.sampling)
         limit = self.config.diffusion.schedule.num_train_timesteps
         if sampling.steps > limit:
             raise ConfigError(f"stage '{self.name}': {sampling.steps} sampling steps exceed its {limit} training steps")

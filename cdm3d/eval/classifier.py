@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from cdm3d.core.checkpoint import load_state_into, load_tensors, save_tensors
 from cdm3d.data.vocab import CATEGORIES, COLORS
 from cdm3d.errors import CheckpointError
+from cdm3d.models.point_critic import point_mlp, pool
 
 CLASSIFIER_POINTS = 1024
 T = TypeVar("T", bound="_Classifier")
@@ -59,22 +60,13 @@ class PointClassifier(_Classifier):
     def __init__(self, width: int = 128, categories: int = len(CATEGORIES), colors: int = len(COLORS)) -> None:
         super().__init__()
         self.width = width
-        self.point_mlp = nn.Sequential(
-            nn.Linear(6, width // 2),
-            nn.GELU(),
-            nn.Linear(width // 2, width),
-            nn.GELU(),
-            nn.Linear(width, 2 * width),
-            nn.GELU(),
-            nn.Linear(2 * width, 4 * width),
-        )
+        self.point_mlp = point_mlp(6, width)
         self.head = nn.Sequential(nn.LayerNorm(8 * width), nn.Linear(8 * width, 2 * width), nn.GELU())
         self.category = nn.Linear(2 * width, categories)
         self.color = nn.Linear(2 * width, colors)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.point_mlp(x)
-        h = self.head(torch.cat([h.amax(1), h.mean(1)], -1))
+        h = self.head(pool(self.point_mlp(x)))
         return self.category(h), self.color(h)
 
     @torch.no_grad()

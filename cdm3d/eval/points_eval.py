@@ -202,21 +202,21 @@ def evaluate_points(
     report["final"]["distribution_cd"] = per_category_distribution(subsample(outs[final_name].coords), ref, categories)
     # The ablations below compare one sample per prompt (no selection), so their figures isolate what they test.
     single = {**sampling, **{n: {"candidates": 1} for n in selectors}}
-    plain = outs
+    plain, one = outs, {k: report[k] for k in ("coarse", "final")}
     if selectors:
         plain = generate(cascade, cond, batch, seed=0, sampling=single)
-        without = {
+        one = {
             k: fidelity(classifier, plain[n], categories, colors)
             for k, n in (("coarse", coarse_name), ("final", final_name))
         }
-        without["final"]["distribution_cd"] = per_category_distribution(
+        one["final"]["distribution_cd"] = per_category_distribution(
             subsample(plain[final_name].coords), ref, categories
         )["mean_over_categories"]
         report["selection_ablation"] = {
             "stage": selectors[0],
             "candidates": cascade.stages[selectors[0]].candidates(),
             "with_selection": {k: report[k]["category_fidelity"] for k in ("coarse", "final")},
-            "without_selection": without,
+            "without_selection": one,
         }
     up_sampling = sampling[up_name]
     up_only = Cascade([(n, cascade.stages[n]) for n in (coarse_name, up_name)], clip=cascade.clip)
@@ -244,20 +244,17 @@ def evaluate_points(
         # (impossible for a stage trained above the switch only); one sample per prompt on both sides.
         ablation = {
             "switch_timestep": coarse_stage.expert_switch,
-            "with_expert": {
-                k: fidelity(classifier, plain[n], categories, colors)["category_fidelity"]
-                for k, n in (("coarse", coarse_name), ("final", final_name))
-            },
+            "with_expert": {k: one[k]["category_fidelity"] for k in ("coarse", "final")},
             "without_expert": None,
         }
         if coarse_stage.lowest_timestep > 0:
             ablation["why"] = "the coarse stage is trained above the switch only and cannot sample without its expert"
         else:
             no_expert = {**single, coarse_name: {**sampling[coarse_name], "expert": False}}
-            without = generate(cascade, cond, batch, seed=0, sampling=no_expert)
+            no_expert_outs = generate(cascade, cond, batch, seed=0, sampling=no_expert)
             ablation["without_expert"] = {
-                "coarse": fidelity(classifier, without[coarse_name], categories, colors)["category_fidelity"],
-                "final": fidelity(classifier, without[final_name], categories, colors)["category_fidelity"],
+                k: fidelity(classifier, no_expert_outs[n], categories, colors)["category_fidelity"]
+                for k, n in (("coarse", coarse_name), ("final", final_name))
             }
         report["expert_ablation"] = ablation
     report["generation_seconds"] = round(time.time() - start, 1)

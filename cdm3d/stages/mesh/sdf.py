@@ -29,7 +29,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from cdm3d.core import STAGES, Conditioning, StrictConfig, TrainableStage, TrainableStageConfig, updated
+from cdm3d.core import STAGES, Conditioning, StrictConfig, TrainableStage, TrainableStageConfig
 from cdm3d.core.guidance import drop_embeddings
 from cdm3d.core.stage import split_part
 from cdm3d.errors import InputError, SamplingError
@@ -75,13 +75,7 @@ class SDFMeshStage(TrainableStage):
         self.net = PointSDFNet(config.network, config.embed_dim, len(config.cond_keys))
 
     def resolve_sampling(self, sampling: SDFSamplingConfig | dict[str, Any] | None) -> SDFSamplingConfig:
-        if sampling is None:
-            return self.config.sampling
-        if isinstance(sampling, dict):
-            return updated(self.config.sampling, sampling, f"sampling settings of stage '{self.name}'")
-        if not isinstance(sampling, SDFSamplingConfig):
-            raise InputError(f"sampling settings must be a mapping, got {type(sampling).__name__}")
-        return sampling
+        return self._settings(sampling, self.config.sampling)
 
     # -- sampling -----------------------------------------------------------------------------
     def _input_points(self, prev: Any, generator: torch.Generator | None) -> torch.Tensor:

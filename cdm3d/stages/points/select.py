@@ -64,8 +64,5 @@ class SelectPointsStage(SelectorStage):
         std = torch.rand(x.shape[0], 1, 1, generator=generator) * self.config.jitter
         return x + (torch.randn(x.shape, generator=generator) * std).to(x.device)
 
-    def extra_repr(self) -> str:
-        return f"num_points={self.config.num_points}"
-
 
 __all__ = ["SelectPointsConfig", "SelectPointsStage"]
