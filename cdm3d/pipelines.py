@@ -240,11 +240,14 @@ class ImageTo3D(_Pipeline):
         progress: bool = True,
         reframe: bool = True,
         candidates: int | None = None,
+        text_prior: bool = True,
     ) -> Result:
         """``reframe=False`` gives the images to CLIP as they are, not enlarged to the framing of its training
-        images (``clip.image_fill`` in the cascade folder; see :mod:`cdm3d.core.framing`). ``candidates``: as
-        for ``TextTo3D``."""
-        cond = self.cascade.encode(prompts, load_images(images), reframe=reframe)
+        images (``clip.image_fill`` in the cascade folder; see :mod:`cdm3d.core.framing`). Without
+        ``prompts``, a cascade whose CLIP has a text prior (``clip.text_prior``) conditions on the text
+        embedding it predicts from each image as well as on the image's; ``text_prior=False`` on the image's
+        alone. ``candidates``: as for ``TextTo3D``."""
+        cond = self.cascade.encode(prompts, load_images(images), reframe=reframe, text_prior=text_prior)
         return self._run(cond, seed, steps, guidance, stop_at, device, progress, candidates)
 
 

@@ -10,6 +10,7 @@ import torch
 
 from cdm3d.cli import main
 from cdm3d.core import Cascade, ClipEncoder
+from cdm3d.data.vocab import CATEGORIES
 from cdm3d.eval.bench import point_cascade
 
 
@@ -251,3 +252,28 @@ def test_eval_and_selection_sweep_with_a_selector_stage(tmp_path) -> None:
         for r in rows:
             assert 0 <= r["chosen"] <= r["oracle"] <= 1
         assert all(a["oracle"] <= b["oracle"] for a, b in itertools.pairwise(rows))
+
+
+def test_image_to_3d_benchmark_reports_the_text_prior_and_reframing_ablations(tmp_path) -> None:
+    import copy
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    clip = ClipEncoder.default()
+    clip.text_prior = copy.deepcopy(clip.model.visual)  # any tower of the CLIP's shape will do here
+    tiny = point_cascade("tiny", "cpu")
+    Cascade(list(tiny.stages.items()), clip=clip).save_pretrained(tmp_path / "shape")
+    sys.path.insert(0, str(root / "benchmarks"))
+    import image_to_3d
+
+    out = tmp_path / "i3d.json"
+    argv = ["--model", str(tmp_path / "shape"), "--per-category", "1", "--batch", "13", "--split", "val"]
+    assert image_to_3d.main([*argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["text_prior"] is True and report["prompts"] == 13 and report["split"] == "val"
+    for label in ("image_to_3d", "image_to_3d_without_text_prior", "image_to_3d_without_reframing"):
+        assert 0 <= report[label]["category_fidelity"] <= 1
+        assert 0 <= report[label]["coarse_category_fidelity"] <= 1
+    assert set(report["image_to_3d"]["category_fidelity_per_category"]) == set(CATEGORIES)
+    assert report["seconds_per_image_batch1"]["median_s"] > 0
+    assert image_to_3d.main([*argv, "--out", str(tmp_path / "missing" / "x.json")]) == 2

@@ -33,6 +33,7 @@ def test_export_bad_inputs(tmp_path, capsys) -> None:
         (["--image", str(tmp_path / "nope.png"), "-o", str(tmp_path / "o")], "not found"),
         (["", "-o", str(tmp_path / "o"), "--steps", "2"], "empty"),
         (["a cube", "--no-reframe", "-o", str(tmp_path / "o")], "--no-reframe applies to --image files only"),
+        (["a cube", "--no-text-prior", "-o", str(tmp_path / "o")], "--no-text-prior applies to --image files only"),
     ]
     for argv, message in cases:
         assert export_mesh.main(argv) == 2, argv

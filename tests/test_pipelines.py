@@ -66,6 +66,12 @@ def test_image_to_3d_from_a_render_file(pipe, tmp_path) -> None:
     # The shipped cascade enlarges the view to its CLIP's training framing; reframe=False uses it as given.
     as_given = image_pipe(tmp_path / "view.png", seed=0, steps=2, stop_at="coarse", progress=False, reframe=False)
     assert not torch.allclose(out.output.cond.embeddings["image"], as_given.output.cond.embeddings["image"], atol=1e-4)
+    # The shipped CLIP's text prior fills the text slot from the image too; text_prior=False leaves it out.
+    assert out.output.cond.meta["text_from"] == "text_prior"
+    torch.testing.assert_close(out.output.cond.embeddings["text"].norm(dim=-1), torch.ones(1))
+    alone = image_pipe(tmp_path / "view.png", seed=0, steps=2, stop_at="coarse", progress=False, text_prior=False)
+    assert set(alone.output.cond.embeddings) == {"image"}
+    assert not torch.allclose(out.coarse_points.coords, alone.coarse_points.coords)
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(InputError, match="cannot be read as an image"):
         image_pipe(tmp_path / "bad.png", steps=2, progress=False)

@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         "CLIP's training images (benchmarks/framing.py measures it); default: images are used as given",
     )
     parser.add_argument(
+        "--clip-text-prior",
+        type=Path,
+        default=None,
+        help="the CLIP's text prior (text_prior.safetensors from tools/train_clip.py with objective text_prior)",
+    )
+    parser.add_argument(
         "--stage",
         action="append",
         required=True,
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             if not 0.05 <= args.clip_image_fill <= 1.0:
                 raise Cdm3dError(f"--clip-image-fill must lie in [0.05, 1], got {args.clip_image_fill}")
             clip.image_fill = args.clip_image_fill
+        if args.clip_text_prior is not None:
+            clip.load_text_prior(args.clip_text_prior)
         cascade = Cascade(stages, clip=clip)
         import torch
 

@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="give --image files to CLIP as they are, not enlarged to the framing of its training images",
     )
+    parser.add_argument(
+        "--no-text-prior",
+        action="store_true",
+        help="condition --image files on their CLIP image embedding only, not also on the text embedding the "
+        "model's text prior predicts from them",
+    )
     parser.add_argument("-o", "--out", type=Path, default=Path("outputs"))
     parser.add_argument("--model", type=Path, default=None, help="cascade folder (default: the shipped one)")
     parser.add_argument("--formats", nargs="+", default=["glb"], help=f"mesh formats: {', '.join(MESH_FORMATS)}")
@@ -60,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"unknown format(s) {bad}; meshes: {MESH_FORMATS}, points: {POINT_FORMATS}")
         if bool(args.prompts) == bool(args.image):
             raise InputError("give prompts or --image files (one kind per call)")
-        if args.no_reframe and not args.image:
-            raise InputError("--no-reframe applies to --image files only")
+        for flag, given in (("--no-reframe", args.no_reframe), ("--no-text-prior", args.no_text_prior)):
+            if given and not args.image:
+                raise InputError(f"{flag} applies to --image files only")
         labels = args.prompts or [p.stem for p in args.image]
         stems = [_slug(label, i) for i, label in enumerate(labels)]
         suffixes = [f".{f}" for f in args.formats] + [f".points.{f}" for f in args.point_formats] + [".png"]
@@ -89,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.prompts:
             out = pipe(args.prompts, **kwargs)
         else:
-            out = ImageTo3D(pipe.cascade)(args.image, reframe=not args.no_reframe, **kwargs)
+            out = ImageTo3D(pipe.cascade)(
+                args.image, reframe=not args.no_reframe, text_prior=not args.no_text_prior, **kwargs
+            )
         for i, stem in enumerate(stems):
             for fmt in args.formats:
                 print(out.mesh.save(args.out / f"{stem}.{fmt}", i, force=True))

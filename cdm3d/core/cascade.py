@@ -34,7 +34,7 @@ from cdm3d.errors import CheckpointError, ConfigError, InputError, StorageError
 
 CASCADE_FILE = "cascade.yaml"
 STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-RESERVED_NAMES = {"clip", "cascade"}
+RESERVED_NAMES = {"clip", "cascade", "clip.text_prior"}  # names of the CLIP's files in a folder
 CASCADE_FORMAT = "cdm3d-cascade/1"
 StageCallback = Callable[[str, int, int], None]
 
@@ -48,6 +48,8 @@ class ClipRef(StrictConfig):
     # Conditioning images are reframed so their object spans this fraction of the frame: the framing of the
     # CLIP's training images (ClipEncoder.image_fill; benchmarks/framing.py measures it).
     image_fill: float | None = Field(None, ge=0.05, le=1.0)
+    # A file in the folder: the CLIP's text prior (ClipEncoder.text_prior), filling the text slot from images.
+    text_prior: str | None = None
 
 
 class StageEntry(StrictConfig):
@@ -140,10 +142,13 @@ class Cascade:
         return list(self.stages)
 
     # -- running ------------------------------------------------------------------------
-    def encode(self, prompts: Any = None, images: torch.Tensor | None = None, reframe: bool = True) -> Conditioning:
+    def encode(
+        self, prompts: Any = None, images: torch.Tensor | None = None, reframe: bool = True, text_prior: bool = True
+    ) -> Conditioning:
+        """The conditioning of a batch (:meth:`ClipEncoder.encode <cdm3d.core.ClipEncoder.encode>`)."""
         if self.clip is None:
             raise ConfigError("this cascade has no CLIP encoder; pass a Conditioning to run() instead")
-        return self.clip.encode(prompts, images, reframe=reframe)
+        return self.clip.encode(prompts, images, reframe=reframe, text_prior=text_prior)
 
     def _slice(self, start_at: str | None, stop_at: str | None) -> list[str]:
         names = self.names
@@ -303,6 +308,9 @@ class Cascade:
                 clip = self.clip_ref.model_dump(exclude_none=True)
             if clip is not None and self.clip is not None and self.clip.image_fill is not None:
                 clip["image_fill"] = self.clip.image_fill
+            if clip is not None and self.clip is not None and self.clip.text_prior is not None:
+                self.clip.save_text_prior(tmp / "clip.text_prior.safetensors", dtype=torch.float16)
+                clip["text_prior"] = "clip.text_prior.safetensors"
             doc = {"format": CASCADE_FORMAT, "clip": clip, "stages": entries}
             (tmp / CASCADE_FILE).write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
             if directory.exists():
@@ -412,4 +420,6 @@ def _load_clip(directory: Path, ref: ClipRef) -> ClipEncoder:
     else:
         raise CheckpointError("clip entry needs 'weights', or both 'model' and 'pretrained'")
     clip.image_fill = ref.image_fill
+    if ref.text_prior is not None:
+        clip.load_text_prior(_inside(directory, ref.text_prior))
     return clip

@@ -149,6 +149,11 @@ class ClipEncoder:
         # Conditioning images are reframed so their object spans this fraction of the frame (the framing of
         # the CLIP's training images; see cdm3d.core.framing); None: used as given. A cascade folder sets it.
         self.image_fill: float | None = None
+        # A copy of the image tower tuned to map an image to the text embedding of its caption (trained by
+        # tools/train_clip.py with the "text_prior" objective): with it, images alone fill the "text" slot
+        # too. A small CLIP's image embeddings carry less of an object's category than its text embeddings;
+        # the stages read both. None: no prior. A cascade folder sets it (clip.text_prior).
+        self.text_prior: torch.nn.Module | None = None
         self._null_text: torch.Tensor | None = None
 
     # -- construction -----------------------------------------------------------------
@@ -260,6 +265,36 @@ class ClipEncoder:
             },
         )
 
+    def _identity(self) -> str:
+        """What a text prior must have been trained from: the custom config, or the named model."""
+        import json
+
+        return json.dumps(self.custom_config, sort_keys=True) if self.custom_config is not None else self.name
+
+    def save_text_prior(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Save :attr:`text_prior` (the tuned image tower's weights only; the CLIP it belongs to named inside)."""
+        if self.text_prior is None:
+            raise InputError(f"CLIP '{self.name}' has no text prior to save")
+        tensors = {
+            k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+            for k, v in self.text_prior.state_dict().items()
+        }
+        save_tensors(path, tensors, {"cdm3d.kind": "clip_text_prior", "cdm3d.clip": self._identity()})
+
+    def load_text_prior(self, path: str | Path) -> None:
+        """Load a text prior saved by :meth:`save_text_prior` for this CLIP."""
+        import copy
+
+        tensors, meta = load_tensors(path)
+        if meta.get("cdm3d.kind") != "clip_text_prior":
+            found = meta.get("cdm3d.kind", "no cdm3d metadata")
+            raise CheckpointError(f"{path} is not a cdm3d CLIP text prior (found: {found})")
+        if meta.get("cdm3d.clip") != self._identity():
+            raise CheckpointError(f"{path} is a text prior of another CLIP than '{self.name}'; train one for it")
+        tower = copy.deepcopy(self.model.visual)
+        load_state_into(tower, tensors, path)
+        self.text_prior = tower.float().eval().requires_grad_(False)
+
     # -- properties -------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -280,6 +315,8 @@ class ClipEncoder:
 
     def to(self, device: torch.device | str) -> ClipEncoder:
         self.model.to(device)
+        if self.text_prior is not None:
+            self.text_prior.to(device)
         self._null_text = None
         return self
 
@@ -312,17 +349,29 @@ class ClipEncoder:
         emb = self.model.encode_image(self.preprocess(check_images(images))).float()
         return torch.nn.functional.normalize(emb, dim=-1)
 
+    @torch.no_grad()
+    def encode_image_as_text(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` unit-norm predictions of the text embedding of ``images``' captions (the text prior)."""
+        if self.text_prior is None:
+            raise InputError(f"CLIP '{self.name}' has no text prior (see ClipEncoder.text_prior)")
+        emb = self.text_prior(self.preprocess(check_images(images))).float()
+        return torch.nn.functional.normalize(emb, dim=-1)
+
     def null_text(self) -> torch.Tensor:
         if self._null_text is None:
             self._null_text = self.encode_text([""])[0]
         return self._null_text
 
-    def encode(self, prompts: Any = None, images: torch.Tensor | None = None, reframe: bool = True) -> Conditioning:
+    def encode(
+        self, prompts: Any = None, images: torch.Tensor | None = None, reframe: bool = True, text_prior: bool = True
+    ) -> Conditioning:
         """Conditioning for a batch of prompts, images, or both (same batch size).
 
         Returns a :class:`Conditioning` with slots "text" and/or "image" and the null
         embeddings of both (CLIP's empty prompt for text, zeros for images). Images are
-        reframed first when :attr:`image_fill` is set, unless ``reframe`` is false.
+        reframed first when :attr:`image_fill` is set, unless ``reframe`` is false. Images
+        without prompts fill the "text" slot from :attr:`text_prior` when the CLIP has one,
+        unless ``text_prior`` is false (``meta["text_from"]`` says "text_prior").
         """
         if prompts is None and images is None:
             raise InputError("give prompts, images, or both to condition on")
@@ -335,9 +384,13 @@ class ClipEncoder:
             if self.image_fill is not None and reframe:
                 images = reframe_images(check_images(images), self.image_fill)
             embeddings["image"] = self.encode_image(images)
+        meta: dict[str, object] = {"clip": self.name}
+        if prompts is None and images is not None and text_prior and self.text_prior is not None:
+            embeddings["text"] = self.encode_image_as_text(images)
+            meta["text_from"] = "text_prior"
         sizes = {k: v.shape[0] for k, v in embeddings.items()}
         if len(set(sizes.values())) != 1:
             raise InputError(f"prompts and images differ in number: {sizes}")
         null_text = self.null_text()
         null = {"text": null_text, "image": torch.zeros_like(null_text)}
-        return Conditioning(embeddings, null, checked, {"clip": self.name})
+        return Conditioning(embeddings, null, checked, meta)

@@ -88,9 +88,12 @@ def test_views(count: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def evaluate_clip(encoder: ClipEncoder, count: int = 500, group: int = 100) -> dict:
+def evaluate_clip(encoder: ClipEncoder, count: int = 500, group: int = 100, text_prior: bool = False) -> dict:
+    """Zero-shot accuracy and retrieval of ``encoder``'s image embeddings of test views, or with
+    ``text_prior`` of its text prior's predictions (:meth:`ClipEncoder.encode_image_as_text`)."""
     images, objects = test_views(count, size=encoder.image_size)
-    img = torch.cat([encoder.encode_image(images[i : i + 256]) for i in range(0, count, 256)])
+    embed = encoder.encode_image_as_text if text_prior else encoder.encode_image
+    img = torch.cat([embed(images[i : i + 256]) for i in range(0, count, 256)])
     categories, colors = list(CATEGORIES), list(COLORS)
     cat_pred, col_pred = attribute_aware_predict(encoder, img)
     blind_cat = (img @ _class_embeddings(encoder, category_prompts()).T).argmax(1)
@@ -112,6 +115,7 @@ def evaluate_clip(encoder: ClipEncoder, count: int = 500, group: int = 100) -> d
         if (cat_true == i).any()
     }
     return {
+        "embeddings": "text prior" if text_prior else "image tower",
         "test_objects": count,
         "zero_shot_protocol": "attribute-aware: max over 27 attribute variants, each ensembled over colours "
         "(categories) or categories (colours)",

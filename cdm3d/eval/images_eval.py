@@ -29,6 +29,7 @@ from cdm3d.data.world import World
 from cdm3d.eval.classifier import ImageClassifier
 from cdm3d.eval.clip_eval import attribute_aware_predict, variant_tables
 from cdm3d.eval.points_eval import prompts_per_category
+from cdm3d.eval.stages import point_stages
 from cdm3d.types import Images
 
 
@@ -52,9 +53,9 @@ def image_features(clip: ClipEncoder, pixels: torch.Tensor, batch: int = 256) ->
     return torch.cat([clip.encode_image(pixels[i : i + batch]).float() for i in range(0, len(pixels), batch)])
 
 
-def renders(indices: list[int], size: int) -> torch.Tensor:
-    """``[N, 3, size, size]`` default-camera renders of test objects (what the image stages are trained on)."""
-    world = World("test")
+def renders(indices: list[int], size: int, split: str = "test") -> torch.Tensor:
+    """``[N, 3, size, size]`` default-camera renders of a split's objects (what the image stages are trained on)."""
+    world = World(split)
     return torch.stack([world[i].render(size=size).permute(2, 0, 1) for i in indices])
 
 
@@ -208,30 +209,76 @@ def _short(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _to_3d(shape_model, classifier_path, prompts, real, generated, batch, overrides) -> dict[str, Any]:
-    """Point-classifier fidelity of the 3D cascade's final clouds from test renders (image -> 3D) and from
-    the generated images together with the prompts' text (text -> image -> 3D)."""
+    """Point-classifier fidelity of the 3D cascade's final clouds from test renders (image -> 3D, and its
+    ablations: without the CLIP's text prior, without reframing) and from the generated images together with
+    the prompts' text (text -> image -> 3D)."""
+    points = point_stages(shape_model)
+    runs = image_conditionings(points, real)
+    runs.insert(1, ("text_image_to_3d", points.encode([p[1] for p in prompts], generated)))
+    return _fidelity_of_runs(points, classifier_path, prompts, runs, batch, overrides)
+
+
+def image_conditionings(points: Cascade, real: torch.Tensor) -> list[tuple[str, Conditioning]]:
+    """Image -> 3D conditionings of renders ``real``: as the pipeline makes them, and for each of the cascade's
+    CLIP's options the same without it (the text prior, reframing to its training framing)."""
+    runs = [("image_to_3d", points.encode(None, real))]
+    if points.clip is not None and points.clip.text_prior is not None:
+        runs.append(("image_to_3d_without_text_prior", points.encode(None, real, text_prior=False)))
+    if points.clip is not None and points.clip.image_fill is not None:
+        runs.append(("image_to_3d_without_reframing", points.encode(None, real, reframe=False)))
+    return runs
+
+
+def _fidelity_of_runs(points, classifier_path, prompts, runs, batch, overrides) -> dict[str, Any]:
+    from cdm3d.core import DiffusionStage
     from cdm3d.eval.classifier import PointClassifier
     from cdm3d.eval.points_eval import fidelity as cloud_fidelity
     from cdm3d.eval.points_eval import generate
-    from cdm3d.eval.stages import point_stages
 
-    points = point_stages(shape_model)
     classifier = PointClassifier.load(classifier_path)
     categories, colors = [p[2] for p in prompts], [p[3] for p in prompts]
-    from_image = points.encode(None, real)
-    from_both = points.encode([p[1] for p in prompts], generated)
-    runs = [("image_to_3d", from_image), ("text_image_to_3d", from_both)]
-    if points.clip is not None and points.clip.image_fill is not None:
-        # The same renders without reframing them to the CLIP's training framing (its ablation).
-        runs.append(("image_to_3d_without_reframing", points.encode(None, real, reframe=False)))
-    out = {}
-    from cdm3d.core import DiffusionStage
-
     # Solver overrides apply to the diffusion stages (a selector stage keeps its candidates).
     sampling = {n: dict(overrides or {}) for n, s in points.stages.items() if isinstance(s, DiffusionStage)}
+    out = {}
     for label, cond in runs:
         outs = generate(points, cond, batch, seed=0, sampling=sampling)
-        out[label] = _short(cloud_fidelity(classifier, outs[points.names[-1]], categories, colors))
+        final = cloud_fidelity(classifier, outs[points.names[-1]], categories, colors)
+        out[label] = final if label == "image_to_3d" else _short(final)
         coarse = cloud_fidelity(classifier, outs[points.names[0]], categories, colors)
         out[label]["coarse_category_fidelity"] = coarse["category_fidelity"]
     return out
+
+
+def evaluate_image_to_3d(
+    shape_model: str | Path,
+    classifier: str | Path,
+    per_category: int = 8,
+    batch: int = 52,
+    split: str = "test",
+    size: int = 64,
+    speed: bool = True,
+) -> dict[str, Any]:
+    """Image -> 3D alone (the ``to_3d`` rows of :func:`evaluate_images` that need no image cascade): the point
+    classifier's fidelity of final clouds from default-camera renders of ``split``'s objects, with the
+    ablations of :func:`image_conditionings`, and seconds per image at batch 1 (median of 3)."""
+    torch.manual_seed(0)
+    points = point_stages(shape_model)
+    prompts = prompts_per_category(per_category, split)
+    real = renders([p[0] for p in prompts], size, split)
+    runs = image_conditionings(points, real)
+    report: dict[str, Any] = {
+        "model": str(shape_model),
+        "split": split,
+        "prompts": len(prompts),
+        "renders": f"default camera, {size} px, the prompts' own objects",
+        "text_prior": points.clip is not None and points.clip.text_prior is not None,
+        **_fidelity_of_runs(points, classifier, prompts, runs, batch, None),
+    }
+    if speed:  # encoding included; the first run warms up
+        times = []
+        for r in range(4):
+            t0 = time.perf_counter()
+            points.run(points.encode(None, real[r : r + 1]), seed=r, progress=False)
+            times.append(time.perf_counter() - t0)
+        report["seconds_per_image_batch1"] = {"median_s": round(statistics.median(times[1:]), 3), "repeats": 3}
+    return report

@@ -1,0 +1,121 @@
+"""A CLIP's text prior: trained from a CLIP with its text tower frozen, it fills the text slot from images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from test_trainer import TINY_CLIP
+
+from cdm3d.core import Cascade, ClipEncoder, build_stage
+from cdm3d.data.world import World
+from cdm3d.errors import CheckpointError, ConfigError, InputError
+from cdm3d.training.clip_trainer import ClipRecipe, render_dataset, to_float, train_clip
+
+DATA = {"objects": 16, "views": 1, "image_size": 32, "caption_variants": 4}
+
+
+def _recipe(init, steps: int = 30) -> ClipRecipe:
+    train = {"steps": steps, "batch_size": 8, "lr": 3e-3, "warmup": 2, "checkpoint_every": 10}
+    train |= {"objective": "text_prior"} | ({} if init is None else {"init": str(init)})
+    return ClipRecipe.model_validate(
+        {"model": TINY_CLIP, "data": {**DATA, "image_fill": 0.75, "augment": True}, "train": train}
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny CLIP (6 contrastive steps) and its text prior (30 steps) trained from it."""
+    root = tmp_path_factory.mktemp("prior")
+    clip = train_clip(
+        ClipRecipe.model_validate(
+            {"model": TINY_CLIP, "data": DATA, "train": {"steps": 6, "batch_size": 8, "warmup": 1}}
+        ),
+        root / "clip",
+        progress=False,
+    )
+    clip.save(root / "clip.safetensors")
+    return root, train_clip(_recipe(root / "clip.safetensors"), root / "prior", progress=False)
+
+
+def test_the_prior_lands_nearer_the_captions_and_leaves_the_clip_as_it_was(trained) -> None:
+    root, enc = trained
+    init = ClipEncoder.load(root / "clip.safetensors")
+    for (name, a), (_, b) in zip(init.model.state_dict().items(), enc.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    images, owner = render_dataset("train", DATA["objects"], 1, 32, seed=0, progress=False)
+    pixels = to_float(images)
+    world = World("train")
+    captions = enc.encode_text([world.caption(int(i)) for i in owner])
+    before = (init.encode_image(pixels) * captions).sum(-1).mean().item()
+    after = (enc.encode_image_as_text(pixels) * captions).sum(-1).mean().item()
+    assert after > before + 0.2, (before, after)
+    # The saved file is the tuned tower: loaded into the init CLIP it predicts the same embeddings.
+    init.load_text_prior(root / "prior" / "text_prior.safetensors")
+    torch.testing.assert_close(init.encode_image_as_text(pixels), enc.encode_image_as_text(pixels))
+
+
+def test_images_alone_fill_the_text_slot_unless_told_not_to(trained) -> None:
+    _, enc = trained
+    pixels = torch.rand(2, 3, 32, 32)
+    cond = enc.encode(images=pixels)
+    assert set(cond.embeddings) == {"text", "image"} and cond.meta["text_from"] == "text_prior"
+    torch.testing.assert_close(cond.embeddings["text"], enc.encode_image_as_text(pixels))
+    torch.testing.assert_close(cond.embeddings["text"].norm(dim=-1), torch.ones(2))
+    plain = enc.encode(images=pixels, text_prior=False)
+    assert set(plain.embeddings) == {"image"} and "text_from" not in plain.meta
+    both = enc.encode(["a red cube", "a blue mug"], pixels)  # prompts given: their text embeddings
+    torch.testing.assert_close(both.embeddings["text"], enc.encode_text(["a red cube", "a blue mug"]))
+    with pytest.raises(InputError, match="no text prior"):
+        ClipEncoder.from_config(TINY_CLIP).encode_image_as_text(pixels)
+
+
+def test_a_cascade_folder_carries_the_prior(trained, tmp_path) -> None:
+    _, enc = trained
+    stage = build_stage(
+        {
+            "type": "points.coarse",
+            "num_points": 16,
+            "embed_dim": 16,
+            "cond_keys": ["text", "image"],
+            "network": {"width": 32, "layers": 1, "heads": 2},
+            "sampling": {"steps": 2},
+        }
+    )
+    folder = Cascade([("coarse", stage)], clip=enc).save_pretrained(tmp_path / "c")
+    doc = yaml.safe_load((folder / "cascade.yaml").read_text())
+    assert doc["clip"]["text_prior"] == "clip.text_prior.safetensors"
+    loaded = Cascade.from_pretrained(folder)
+    pixels = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(
+        loaded.encode(images=pixels).embeddings["text"], enc.encode_image_as_text(pixels), atol=2e-3, rtol=0
+    )
+    out = loaded(images=pixels, seed=0, progress=False)
+    assert out.final.coords.shape == (1, 16, 3)
+
+
+def test_bad_prior_files_and_recipes(trained, tmp_path) -> None:
+    root, enc = trained
+    other = ClipEncoder.from_config({**TINY_CLIP, "embed_dim": 24})
+    with pytest.raises(CheckpointError, match="another CLIP"):
+        other.load_text_prior(root / "prior" / "text_prior.safetensors")
+    with pytest.raises(CheckpointError, match="not a cdm3d CLIP text prior"):
+        enc.load_text_prior(root / "clip.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        enc.load_text_prior(tmp_path / "missing.safetensors")
+    with pytest.raises(InputError, match="no text prior to save"):
+        other.save_text_prior(tmp_path / "x.safetensors")
+    with pytest.raises(ConfigError, match="needs train.init"):
+        train_clip(_recipe(None), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_default_view_option_renders_each_objects_first_view_from_the_default_camera() -> None:
+    from cdm3d.render import Camera
+
+    images, owner = render_dataset("train", 2, 2, 32, seed=0, progress=False, default_view=True)
+    assert owner.tolist() == [0, 0, 1, 1]
+    first = (World("train")[1].render(Camera(), size=32) * 255).round().to(torch.uint8)
+    assert torch.equal(images[2], first) and not torch.equal(images[3], first)
+    plain, _ = render_dataset("train", 2, 2, 32, seed=0, progress=False)
+    assert not torch.equal(plain[2], first)
