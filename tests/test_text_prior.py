@@ -119,3 +119,30 @@ def test_the_default_view_option_renders_each_objects_first_view_from_the_defaul
     assert torch.equal(images[2], first) and not torch.equal(images[3], first)
     plain, _ = render_dataset("train", 2, 2, 32, seed=0, progress=False)
     assert not torch.equal(plain[2], first)
+
+
+def test_an_interrupted_prior_training_resumes_exactly(trained, tmp_path) -> None:
+    import cdm3d.training.clip_trainer as clip_trainer
+
+    root, _ = trained
+    recipe = _recipe(root / "clip.safetensors", steps=12)  # a checkpoint at step 10
+    straight = train_clip(recipe, tmp_path / "a", progress=False)
+    real, calls = clip_trainer.clip_loss, []
+
+    def crash_on_the_twelfth_step(*args):
+        calls.append(1)
+        if len(calls) == 12:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(clip_trainer, "clip_loss", crash_on_the_twelfth_step)
+        with pytest.raises(KeyboardInterrupt):
+            train_clip(recipe, tmp_path / "b", progress=False)
+    assert not (tmp_path / "b" / "text_prior.safetensors").exists()
+    resumed = train_clip(recipe, tmp_path / "b", progress=False)
+    for (name, a), (_, b) in zip(straight.text_prior.state_dict().items(), resumed.text_prior.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "a" / "text_prior.safetensors").read_bytes() == (
+        tmp_path / "b" / "text_prior.safetensors"
+    ).read_bytes()
