@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from cdm3d.core import Cascade, Conditioning, SelectorStage
-from cdm3d.core.checkpoint import atomic_path, check_parent
+from cdm3d.core.checkpoint import check_parent, write_text
 from cdm3d.data.vocab import CATEGORIES
-from cdm3d.data.world import World
 from cdm3d.eval.classifier import PointClassifier
+from cdm3d.eval.images_eval import renders
 from cdm3d.eval.points_eval import generate, prompts_per_category
 from cdm3d.eval.stages import point_stages
 
@@ -82,12 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     cond = cascade.encode([p[1] for p in prompts])
     report["text"] = sweep(cascade, selectors[0], classifier, cond, categories, args.candidates, args.batch)
     if args.images:
-        world = World(args.split)
-        renders = torch.stack([world[p[0]].render(size=64).permute(2, 0, 1) for p in prompts])
-        cond = cascade.encode(None, renders)
+        cond = cascade.encode(None, renders([p[0] for p in prompts], 64, args.split))
         report["image"] = sweep(cascade, selectors[0], classifier, cond, categories, args.candidates, args.batch)
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
+    write_text(args.out, json.dumps(report, indent=2))
     print(args.out)
     return 0
 
