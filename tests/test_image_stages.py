@@ -10,7 +10,7 @@ from contract import check_stage_contract
 from test_trainer import TINY_CLIP
 
 from cdm3d.core import Cascade, ClipEncoder, Conditioning, build_stage
-from cdm3d.errors import InputError
+from cdm3d.errors import ConfigError, InputError
 from cdm3d.training.data.points import build_world_embeddings
 from cdm3d.training.trainer import Trainer, TrainRecipe
 from cdm3d.types import Images
@@ -80,6 +80,32 @@ def test_sr_follows_its_input_and_the_augmentation_level() -> None:
     assert not torch.allclose(out0, out1)
     noised = stage.sample(dark, _cond(1), generator=g(), sampling={**FAST, "aug_level": 0.5}).pixels
     assert not torch.allclose(a, noised)
+
+
+def test_sr_colour_fix_keeps_the_inputs_low_frequencies() -> None:
+    from cdm3d.stages.images.sr import resize_images
+
+    stage = _randomise(_sr())
+    # A smooth input (what a base stage's 32 px images are next to random pixels): resizing keeps it.
+    low = Images(resize_images(torch.rand(2, 3, 2, 2), 8) * 0.5 + 0.25)
+    run = lambda w: (
+        stage.sample(  # noqa: E731
+            low, _cond(2), generator=torch.Generator().manual_seed(0), sampling={**FAST, "low_freq_fix": w}
+        ).pixels
+    )
+    plain, half, fixed = run(0.0), run(0.5), run(1.0)
+    # Off by default: the stage's own output, exactly.
+    default = stage.sample(low, _cond(2), generator=torch.Generator().manual_seed(0), sampling=FAST).pixels
+    assert torch.equal(plain, default)
+    err = lambda x: (resize_images(x, 8) - low.pixels).abs().mean().item()  # noqa: E731
+    # Fully on, the output seen at the input's resolution is near the input; halfway lies between.
+    assert err(fixed) < 0.35 * err(plain)  # (not exactly the input: resizing twice and clamping to [0, 1])
+    assert err(fixed) < err(half) < err(plain)
+    # The detail above the input's resolution is the stage's own.
+    detail = lambda x: x - resize_images(resize_images(x, 8), 16)  # noqa: E731
+    assert (detail(fixed) - detail(plain)).abs().mean() < 0.5 * (fixed - plain).abs().mean()
+    with pytest.raises(ConfigError, match="low_freq_fix"):
+        run(1.5)
 
 
 def test_image_cascade_runs_base_then_sr() -> None:

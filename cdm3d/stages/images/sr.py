@@ -6,6 +6,11 @@ training, noised by Gaussian conditioning augmentation (Ho et al. 2021,
 with ``s`` drawn in ``[0, max_level]``, the non-truncated variant (the level is
 not tied to a step of the base stage's sampler). The level is a network input
 and, at sampling time, the ``aug_level`` knob.
+
+``sampling.low_freq_fix`` (0 by default, in [0, 1]) is a colour fix at sampling time in the manner of
+StableSR's and of ILVR's low-pass projection: the output's frequencies at the input's resolution
+(downsampled, upsampled again) are replaced, by that fraction, with the input's own, so the stage adds detail
+without moving colours and large shapes away from the image it was given.
 """
 
 from __future__ import annotations
@@ -19,10 +24,17 @@ from torch.nn import functional as F
 
 from cdm3d.core import STAGES, DiffusionStage, DiffusionStageConfig
 from cdm3d.core.augmentation import AugmentationConfig
-from cdm3d.core.stage import DiffusionConfig
+from cdm3d.core.conditioning import Conditioning
+from cdm3d.core.stage import DiffusionConfig, SamplingConfig, StepCallback
 from cdm3d.errors import InputError
 from cdm3d.models.unet import UNetConfig, UNetDenoiser
 from cdm3d.types import Images
+
+
+class SuperResSamplingConfig(SamplingConfig):
+    """A diffusion stage's sampling settings and the colour fix (see the module docstring)."""
+
+    low_freq_fix: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class SuperResConfig(DiffusionStageConfig):
@@ -31,6 +43,7 @@ class SuperResConfig(DiffusionStageConfig):
     low_size: int = Field(32, ge=4)  # the input size it is trained on (others are resized too)
     network: UNetConfig = UNetConfig(attention=[])
     diffusion: DiffusionConfig = DiffusionConfig(augmentation=AugmentationConfig(max_level=0.5))
+    sampling: SuperResSamplingConfig = SuperResSamplingConfig()
 
     @model_validator(mode="after")
     def _check_sizes(self) -> SuperResConfig:
@@ -52,6 +65,27 @@ class SuperResStage(DiffusionStage):
 
     def sample_shape(self) -> tuple[int, ...]:
         return (3, self.config.size, self.config.size)
+
+    def sample(
+        self,
+        prev: Any,
+        cond: Conditioning,
+        *,
+        generator: torch.Generator | None = None,
+        sampling: SuperResSamplingConfig | dict[str, Any] | None = None,
+        callback: StepCallback | None = None,
+    ) -> Images:
+        s = self.resolve_sampling(sampling)
+        out = super().sample(prev, cond, generator=generator, sampling=s, callback=callback)
+        if s.low_freq_fix == 0:
+            return out
+        low = prev.to_tensor().float()
+        size = min(low.shape[-1], self.config.low_size)
+        x = out.to_tensor()
+        fix = resize_images(resize_images(low, size), self.config.size) - resize_images(
+            resize_images(x, size), self.config.size
+        )
+        return Images.from_tensor(x + s.low_freq_fix * fix)
 
     def condition_input(self, prev: Any) -> torch.Tensor:
         self.check_prev(prev)
