@@ -88,11 +88,10 @@ def test_sr_colour_fix_keeps_the_inputs_low_frequencies() -> None:
     stage = _randomise(_sr())
     # A smooth input (what a base stage's 32 px images are next to random pixels): resizing keeps it.
     low = Images(resize_images(torch.rand(2, 3, 2, 2), 8) * 0.5 + 0.25)
-    run = lambda w: (
-        stage.sample(  # noqa: E731
-            low, _cond(2), generator=torch.Generator().manual_seed(0), sampling={**FAST, "low_freq_fix": w}
-        ).pixels
-    )
+    def run(w: float) -> torch.Tensor:
+        sampling = {**FAST, "low_freq_fix": w}
+        return stage.sample(low, _cond(2), generator=torch.Generator().manual_seed(0), sampling=sampling).pixels
+
     plain, half, fixed = run(0.0), run(0.5), run(1.0)
     # Off by default: the stage's own output, exactly.
     default = stage.sample(low, _cond(2), generator=torch.Generator().manual_seed(0), sampling=FAST).pixels
