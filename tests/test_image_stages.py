@@ -88,6 +88,7 @@ def test_sr_colour_fix_keeps_the_inputs_low_frequencies() -> None:
     stage = _randomise(_sr())
     # A smooth input (what a base stage's 32 px images are next to random pixels): resizing keeps it.
     low = Images(resize_images(torch.rand(2, 3, 2, 2), 8) * 0.5 + 0.25)
+
     def run(w: float) -> torch.Tensor:
         sampling = {**FAST, "low_freq_fix": w}
         return stage.sample(low, _cond(2), generator=torch.Generator().manual_seed(0), sampling=sampling).pixels
