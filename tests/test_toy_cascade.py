@@ -9,7 +9,6 @@ import torch
 from contract import check_stage_contract
 from toy_signals import (
     COARSE,
-    EMBED_DIM,
     FINE,
     NUM_CLASSES,
     Signals,
@@ -24,7 +23,7 @@ from toy_signals import (
     train_toy,
 )
 
-from cdm3d.core import Cascade, Conditioning
+from cdm3d.core import Cascade
 from cdm3d.core.config import validate
 from cdm3d.errors import CheckpointError, ConfigError, InputError
 
@@ -320,41 +319,6 @@ def test_a_trained_selector_raises_fidelity_and_one_candidate_changes_nothing(tr
     # One of 8 candidates has the class for about 1 - 0.75^8 = 90% of examples; the toy critic finds it for
     # most (0.69 or more in the test orders tried), twice and more the rate of a single sample.
     assert fidelity[8] >= fidelity[1] + 0.25, fidelity
-
-
-def test_selector_bank_queue_and_hubness_correction() -> None:
-    """The bank keeps the latest training targets (a queue); the correction makes a candidate close to every
-    conditioning (a hub) lose to one close to its own, which the plain cosine ranks lower."""
-    torch.manual_seed(0)
-    stage = ToySelectStage(validate(ToySelectConfig, {"type": "toy.select", "bank_size": 6}))
-    assert "bank" not in ToySelectStage(validate(ToySelectConfig, {"type": "toy.select"})).state_dict()
-    train_toy(stage, steps=3, batch=4)
-    assert int(stage.bank_count) == 12
-    rows = [stage.bank[i].clone() for i in range(6)]
-    stage.train()
-    stage._push(torch.eye(EMBED_DIM)[:4])  # 4 more: rows 0..3 (the queue wrapped at 12) now hold them
-    assert torch.equal(stage.bank[:4], torch.eye(EMBED_DIM)[:4]) and torch.equal(stage.bank[4], rows[4])
-    stage.eval()
-
-    # Four orthonormal conditionings in the bank; the critic's embedding is the signal's first EMBED_DIM values.
-    basis = torch.linalg.qr(torch.randn(EMBED_DIM, EMBED_DIM))[0].T
-    e, u = basis[:4], basis[4]
-    stage.bank.zero_()
-    stage.bank[:4] = e
-    stage.bank_count.fill_(4)
-    stage.net = type("Head", (torch.nn.Module,), {"forward": lambda self, x: x[:, :EMBED_DIM]})()
-    hub = torch.nn.functional.normalize(e.sum(0), dim=0)  # cosine 0.5 with every conditioning
-    own = 0.45 * e[0] + (1 - 0.45**2) ** 0.5 * u  # cosine 0.45 with the first only
-    signals = Signals(torch.cat([torch.stack([hub, own]), torch.zeros(2, FINE - EMBED_DIM)], 1))
-    cond = Conditioning({"text": e[[0, 0]]}, {"text": torch.zeros(EMBED_DIM)})
-    plain = stage.score(signals, cond, sampling={"hubness_k": 0})
-    torch.testing.assert_close(plain, torch.tensor([0.5, 0.45]))
-    corrected = stage.score(signals, cond, sampling={"hubness_k": 4, "hubness_weight": 1.0})
-    torch.testing.assert_close(corrected, torch.tensor([0.5 - 0.5, 0.45 - 0.45 / 4]))
-    assert plain.argmax() == 0 and corrected.argmax() == 1
-    # k larger than the bank: all of it; weight 0: the plain cosine.
-    torch.testing.assert_close(stage.score(signals, cond, sampling={"hubness_k": 64}), corrected)
-    torch.testing.assert_close(stage.score(signals, cond, sampling={"hubness_weight": 0.0}), plain)
 
 
 def test_selector_settings_and_bad_input(trained, selector, tmp_path) -> None:

@@ -12,13 +12,6 @@ trainer with CLIP's contrastive loss (InfoNCE, both directions, a learned temper
 embeddings of training outputs and their conditioning: a small CLIP of the stage's own modality, as DALL-E
 re-ranks samples with CLIP. The plugin supplies the network and how it reads an output (:meth:`read`,
 :meth:`train_input`).
-
-Hubness correction (a stage with ``bank_size > 0``): training keeps the last ``bank_size`` conditioning
-targets it saw in a queue that is saved with the weights, and scoring subtracts from each cosine
-``hubness_weight`` times the mean of the candidate's ``hubness_k`` highest cosines with that bank. This is the
-candidate side of CSLS (Conneau et al. 2018, "Word translation without parallel data"): an output the network
-embeds close to many conditionings (a "hub", often a vague or average-looking sample) no longer wins by
-being close to everything; the prompt's own side of CSLS is the same for all its candidates and drops out.
 """
 
 from __future__ import annotations
@@ -44,10 +37,6 @@ class SelectionConfig(StrictConfig):
     candidates: int = Field(4, ge=1, le=64)
     # Random reads of each candidate (a plugin may read a random subset of a large output) averaged per score.
     reads: int = Field(4, ge=1, le=64)
-    # Hubness correction (module docstring): the neighbours in the bank averaged, and the weight; 0 turns it
-    # off (as does a stage without a bank).
-    hubness_k: int = Field(32, ge=0)
-    hubness_weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
 
 
 class SelectorStageConfig(TrainableStageConfig):
@@ -56,9 +45,6 @@ class SelectorStageConfig(TrainableStageConfig):
     sampling: SelectionConfig = SelectionConfig()
     # Initial temperature of the contrastive loss (learned, as CLIP's).
     temperature: float = Field(0.07, gt=0.0, le=1.0)
-    # Conditioning targets of the last training batches kept for the hubness correction (0: none, as in
-    # stages trained before it existed).
-    bank_size: int = Field(0, ge=0)
 
 
 class SelectorStage(TrainableStage):
@@ -71,28 +57,6 @@ class SelectorStage(TrainableStage):
 
     Config: ClassVar[type[SelectorStageConfig]] = SelectorStageConfig
     config: SelectorStageConfig
-
-    def __init__(self, config: SelectorStageConfig) -> None:
-        super().__init__(config)
-        if config.bank_size > 0:
-            # A queue of training targets: row i % bank_size holds the i-th target seen.
-            self.register_buffer("bank", torch.zeros(config.bank_size, config.embed_dim))
-            self.register_buffer("bank_count", torch.zeros((), dtype=torch.long))
-
-    def _bank(self) -> torch.Tensor | None:
-        """The filled rows of the bank, or ``None``."""
-        if self.config.bank_size == 0 or int(self.bank_count) == 0:
-            return None
-        return self.bank[: min(int(self.bank_count), self.config.bank_size)]
-
-    @torch.no_grad()
-    def _push(self, target: torch.Tensor) -> None:
-        if self.config.bank_size == 0:
-            return
-        n, size = target.shape[0], self.config.bank_size
-        rows = (int(self.bank_count) + torch.arange(n)) % size
-        self.bank[rows.to(self.bank.device)] = target.detach().to(self.bank)
-        self.bank_count += n
 
     @abstractmethod
     def read(self, prev: Any, generator: torch.Generator | None) -> torch.Tensor:
@@ -140,7 +104,7 @@ class SelectorStage(TrainableStage):
         self, prev: Any, cond: Conditioning, generator: torch.Generator | None = None, sampling: Any = None
     ) -> torch.Tensor:
         """``[B]`` cosine between each candidate's embedding (mean over ``reads`` random reads) and its
-        example's CLIP embedding, less the hubness correction where the stage has a bank; higher is better."""
+        example's CLIP embedding; higher is better."""
         self.check_prev(prev)
         s = self.resolve_sampling(sampling)
         target = self.targets(cond)
@@ -152,13 +116,7 @@ class SelectorStage(TrainableStage):
             self.train(was_training)
         if z.shape[0] != target.shape[0]:
             raise InputError(f"stage '{self.name}': {z.shape[0]} candidates for {target.shape[0]} conditionings")
-        z = F.normalize(z, dim=-1)
-        score = (z * target).sum(-1)
-        bank = self._bank()
-        if bank is not None and s.hubness_k > 0 and s.hubness_weight > 0:
-            near = (z @ bank.T).topk(min(s.hubness_k, bank.shape[0]), dim=-1).values
-            score = score - s.hubness_weight * near.mean(-1)
-        return score.cpu()
+        return (F.normalize(z, dim=-1) * target).sum(-1).cpu()
 
     # -- training ---------------------------------------------------------------------
     def loss(
@@ -172,12 +130,9 @@ class SelectorStage(TrainableStage):
     ) -> torch.Tensor:
         """CLIP's symmetric InfoNCE between the embeddings of ``x0`` and of its conditioning. Under data
         parallelism (``part``) each process contrasts its own share of the batch (fewer negatives than one
-        process with the whole batch). In training mode the batch's targets (all of them, the same in every
-        process) join the bank."""
+        process with the whole batch)."""
         x = self.train_input(x0, generator)
         target = self.targets(cond).to(x.device)
-        if self.training:
-            self._push(target)
         if part is not None:
             sl = split_part(x.shape[0], part)
             x, target = x[sl], target[sl]

@@ -183,8 +183,6 @@ class Trainer:
         decay = min(self.recipe.train.ema_decay, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
             torch._foreach_lerp_(list(self.ema.parameters()), list(self.stage.parameters()), 1 - decay)
-            for ema_buffer, buffer in zip(self.ema.buffers(), self.stage.buffers()):
-                ema_buffer.copy_(buffer)  # running state (a selector's bank), not averaged
 
     def train_step(self) -> float | None:
         s = self.recipe.train
