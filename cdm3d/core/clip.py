@@ -343,19 +343,24 @@ class ClipEncoder:
         std = torch.tensor(self.image_std, device=self.device).view(1, 3, 1, 1)
         return (images - mean) / std
 
+    @staticmethod
     @torch.no_grad()
+    def _embed(tower: Any, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` unit-norm embeddings of preprocessed ``pixels`` by an image tower."""
+        return torch.nn.functional.normalize(tower(pixels).float(), dim=-1)
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` unit-norm image embeddings of ``images [B, 3, H, W]`` in [0, 1]."""
-        emb = self.model.encode_image(self.preprocess(check_images(images))).float()
-        return torch.nn.functional.normalize(emb, dim=-1)
+        return self._embed(self.model.encode_image, self.preprocess(check_images(images)))
 
-    @torch.no_grad()
-    def encode_image_as_text(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, D]`` unit-norm predictions of the text embedding of ``images``' captions (the text prior)."""
+    def _text_prior(self) -> torch.nn.Module:
         if self.text_prior is None:
             raise InputError(f"CLIP '{self.name}' has no text prior (see ClipEncoder.text_prior)")
-        emb = self.text_prior(self.preprocess(check_images(images))).float()
-        return torch.nn.functional.normalize(emb, dim=-1)
+        return self.text_prior
+
+    def encode_image_as_text(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` unit-norm predictions of the text embedding of ``images``' captions (the text prior)."""
+        return self._embed(self._text_prior(), self.preprocess(check_images(images)))
 
     def null_text(self) -> torch.Tensor:
         if self._null_text is None:
@@ -380,14 +385,16 @@ class ClipEncoder:
         if prompts is not None:
             checked = check_prompts(prompts)
             embeddings["text"] = self.encode_text(checked)
-        if images is not None:
-            if self.image_fill is not None and reframe:
-                images = reframe_images(check_images(images), self.image_fill)
-            embeddings["image"] = self.encode_image(images)
         meta: dict[str, object] = {"clip": self.name}
-        if prompts is None and images is not None and text_prior and self.text_prior is not None:
-            embeddings["text"] = self.encode_image_as_text(images)
-            meta["text_from"] = "text_prior"
+        if images is not None:
+            images = check_images(images)
+            if self.image_fill is not None and reframe:
+                images = reframe_images(images, self.image_fill)
+            pixels = self.preprocess(images)  # once for both towers
+            embeddings["image"] = self._embed(self.model.encode_image, pixels)
+            if prompts is None and text_prior and self.text_prior is not None:
+                embeddings["text"] = self._embed(self.text_prior, pixels)
+                meta["text_from"] = "text_prior"
         sizes = {k: v.shape[0] for k, v in embeddings.items()}
         if len(set(sizes.values())) != 1:
             raise InputError(f"prompts and images differ in number: {sizes}")
