@@ -28,7 +28,7 @@ def sampling_overrides(
     cascade: Cascade, steps: int | None, guidance: float | None, candidates: int | None = None
 ) -> dict[str, dict[str, Any]]:
     """The same steps / guidance scale for every diffusion stage, and ``candidates`` for the selector stage
-    (only the settings given)."""
+    that draws them (the one that asks for several by default, else the first; only the settings given)."""
     settings: dict[str, Any] = {}
     if steps is not None:
         settings["steps"] = steps
@@ -41,7 +41,8 @@ def sampling_overrides(
         selectors = [n for n, s in cascade.stages.items() if isinstance(s, SelectorStage)]
         if not selectors:
             raise InputError("this cascade has no selector stage (points.select) to choose among candidates")
-        out.update({n: {"candidates": candidates} for n in selectors})
+        drawing = [n for n in selectors if cascade.stages[n].candidates() > 1]
+        out[(drawing or selectors)[0]] = {"candidates": candidates}
     return out
 
 
@@ -55,7 +56,7 @@ def with_mesher(cascade: Cascade, mesher: str | None) -> Cascade:
         return cascade
     if mesher not in MESHERS:
         raise InputError(f"unknown mesher {mesher!r}; choose one of {', '.join(MESHERS)}")
-    meshing = [n for n, s in cascade.stages.items() if s.produces == "Meshes"]
+    meshing = [n for n, s in cascade.stages.items() if s.produces == "Meshes" and not isinstance(s, SelectorStage)]
     if not meshing:
         raise InputError("this cascade has no mesh stage to choose")
     name = meshing[-1]

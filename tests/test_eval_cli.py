@@ -54,7 +54,7 @@ def test_assemble_cascade_sets_default_sampling(tmp_path, capsys) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     import assemble_cascade
 
-    from cdm3d.core import save_stage
+    from cdm3d.core import build_stage, save_stage
     from cdm3d.paths import DEFAULT_MODEL
 
     tiny = point_cascade("tiny", "cpu")
@@ -78,6 +78,16 @@ def test_assemble_cascade_sets_default_sampling(tmp_path, capsys) -> None:
     assert Cascade.from_pretrained(tmp_path / "c").clip.image_fill is None
     assert assemble_cascade.main([*argv[:-2], "--clip-image-fill", "2", "--out", str(tmp_path / "h")]) == 2
     assert "--clip-image-fill must lie in [0.05, 1]" in capsys.readouterr().err and not (tmp_path / "h").exists()
+    # --as-type loads a weights file as another stage type with the same config fields and network.
+    critic = build_stage({"type": "points.select", "embed_dim": 128, "network": {"width": 8}})
+    save_stage(critic, tmp_path / "critic.safetensors")
+    mesher = Path(__file__).resolve().parents[1] / "configs" / "stages" / "mesh_poisson.yaml"
+    as_mesh = ["--stage", f"mesh={mesher}", "--stage", f"pick={tmp_path / 'critic.safetensors'}"]
+    as_mesh += ["--as-type", "pick=mesh.select"]
+    assert assemble_cascade.main([*argv[:-2], *as_mesh, "--out", str(tmp_path / "m")]) == 0
+    assert Cascade.from_pretrained(tmp_path / "m", load_clip=False).stages["pick"].config.type == "mesh.select"
+    assert assemble_cascade.main([*argv[:-2], "--as-type", "nope=mesh.select", "--out", str(tmp_path / "n")]) == 2
+    assert "--as-type names stages without a weights file" in capsys.readouterr().err
 
 
 def test_eval_meshes_writes_fidelity_watertightness_and_chamfer(tmp_path) -> None:
@@ -114,6 +124,28 @@ def test_eval_meshes_writes_fidelity_watertightness_and_chamfer(tmp_path) -> Non
     assert main(argv2) == 0
     report = json.loads(out2.read_text())
     assert report["mesh_stage"]["type"] == "mesh.poisson" and "poisson_pipeline" not in report
+
+
+def test_eval_meshes_runs_a_mesh_selector_with_the_pipeline_and_ablates_it(tmp_path) -> None:
+    from cdm3d.core import build_stage
+
+    tiny = point_cascade("tiny", "cpu")
+    critic = {"embed_dim": 128, "num_points": 64, "network": {"width": 8}}
+    pick = build_stage({"type": "points.select", **critic, "sampling": {"candidates": 3, "keep": 2}})
+    chooser = build_stage({"type": "mesh.select", **critic, "sampling": {"candidates": 1}})
+    chooser.load_state_dict(pick.state_dict())
+    sdf = {"type": "mesh.sdf", "embed_dim": 128, "input_points": 32, "sampling": {"grid": 12}}
+    sdf["network"] = {"width": 16, "encoder_layers": 1, "decoder_layers": 1, "heads": 2}
+    stages = [*tiny.stages.items(), ("select", pick), ("mesh", build_stage(sdf)), ("mesh_select", chooser)]
+    Cascade(stages, clip=ClipEncoder.default()).save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "mesh.json"
+    argv = ["eval", "--meshes", "--model", str(tmp_path / "tiny"), "--per-category", "1", "--batch", "13"]
+    assert main([*argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["mesh_stage"]["type"] == "mesh.sdf"
+    assert report["mesh_selector"]["stage"] == "mesh_select" and report["mesh_selector"]["candidates_meshed"] == 2
+    for row in ("pipeline", "pipeline_without_mesh_selection", "ground_truth_clouds", "poisson_pipeline"):
+        assert report[row]["meshes"] == 13 and 0 <= report[row]["category_fidelity"] <= 1
 
 
 def test_eval_images_writes_fidelity_fid_ablation_and_image_to_3d(tmp_path) -> None:

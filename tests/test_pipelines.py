@@ -26,6 +26,10 @@ def test_text_to_3d_returns_every_stage_and_a_coloured_mesh(pipe, tmp_path) -> N
     # The selector stage kept one of its candidates per prompt, and the coarse cloud that candidate came from.
     chosen = out.output.selection["select"]["chosen"]
     assert out.output.selection["select"]["scores"].shape == (2, pipe.cascade.stages["select"].candidates())
+    # It passed its best 2 clouds per prompt on; both were meshed and the mesh selector kept one of them.
+    kept, meshes = out.output.selection["select"]["kept"], out.output.selection["mesh_select"]
+    assert kept.shape == (2, 2) and torch.equal(kept[:, 0], chosen) and meshes["scores"].shape == (2, 2)
+    assert out.mesh is out["mesh_select"] and out["mesh"].vertices[1] is out.mesh.vertices[1]
     again = pipe("a tall red lamp", seed=0, stop_at="coarse", progress=False)
     # Without the selector in the run, one sample per prompt: the first candidate of the full run. The first
     # example of a batch gets the same noise alone as in the batch (up to batch-size rounding).

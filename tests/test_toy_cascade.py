@@ -304,6 +304,37 @@ def test_selector_keeps_the_best_scored_candidate_and_the_stages_before_follow(t
     assert len(chosen.unique()) > 1  # the choice depends on the candidates, not a fixed position
 
 
+def test_a_selector_can_pass_on_its_best_few_for_a_later_selector_to_choose_among(trained, selector) -> None:
+    torch.manual_seed(7)  # a second critic that reads the same outputs differently (untrained weights)
+    judge = ToySelectStage(validate(ToySelectConfig, {"type": "toy.select", "sampling": {"candidates": 1}}))
+    cascade = Cascade([*_with_selector(trained, selector).stages.items(), ("judge", judge)])
+    labels = _labels(8)
+    sampling = {**WEAK, "pick": {"candidates": 6, "keep": 3}}
+    out = cascade.run(conditioning(labels), seed=3, sampling=sampling, progress=False)
+    first, second = out.selection["pick"], out.selection["judge"]
+    # The first selector passes on its 3 best per example, best first; the second scores those 3 ...
+    assert first["scores"].shape == (8, 6) and first["kept"].shape == (8, 3)
+    assert torch.equal(first["kept"], first["scores"].topk(3, dim=1).indices)
+    assert torch.equal(first["chosen"], first["kept"][:, 0])
+    cands = trained.run(conditioning(labels.repeat_interleave(6)), seed=3, sampling=WEAK, progress=False)
+    kept_rows = (torch.arange(8)[:, None] * 6 + first["kept"]).flatten()
+    again = judge.score(cands["upsample"][kept_rows], conditioning(labels.repeat_interleave(3)))
+    torch.testing.assert_close(second["scores"], again.view(8, 3))
+    # ... and the run keeps its choice among them, with the outputs of every earlier stage behind it.
+    rows = torch.arange(8) * 6 + first["kept"].gather(1, second["chosen"][:, None])[:, 0]
+    for name in ("coarse", "upsample", "pick", "judge"):
+        assert torch.equal(out[name].values, cands["upsample" if name != "coarse" else "coarse"].values[rows])
+    assert (second["chosen"] != 0).any()  # the second selector overrules the first's best for some examples
+    # A run that ends before the second selector keeps each example's best of the first.
+    early = cascade.run(conditioning(labels), seed=3, sampling=sampling, stop_at="pick", progress=False)
+    best = torch.arange(8) * 6 + first["chosen"]
+    assert torch.equal(early["pick"].values, cands["upsample"].values[best])
+    assert torch.equal(early["coarse"].values, cands["coarse"].values[best])
+    # Keeping one, the first selector chooses alone and the second passes its input on.
+    one = cascade.run(conditioning(labels), seed=3, sampling={**WEAK, "pick": {"candidates": 6}}, progress=False)
+    assert set(one.selection) == {"pick"} and torch.equal(one["judge"].values, early["pick"].values)
+
+
 def test_a_trained_selector_raises_fidelity_and_one_candidate_changes_nothing(trained, selector) -> None:
     cascade = _with_selector(trained, selector)
     labels = _labels(64)

@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a stage weights file (.safetensors) or, for stages without weights, a stage config (.yaml)",
     )
     parser.add_argument(
+        "--as-type",
+        action="append",
+        default=[],
+        metavar="NAME=TYPE",
+        help="load stage NAME's weights file as another stage type with the same config fields and network, "
+        "e.g. mesh_select=mesh.select for a points.select critic that scores meshes",
+    )
+    parser.add_argument(
         "--expert",
         action="append",
         default=[],
@@ -67,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         load_builtin()
+        as_type = {}
+        for item in args.as_type:
+            name, sep, stage_type = item.partition("=")
+            if not sep:
+                raise Cdm3dError(f"--as-type {item!r} must look like NAME=TYPE")
+            as_type[name] = stage_type
         stages = []
         for item in args.stage:
             name, sep, path = item.partition("=")
@@ -75,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             if path.endswith((".yaml", ".yml")):
                 stages.append((name, build_stage(load_yaml(path), f"config {path}")))
             else:
-                stages.append((name, load_stage(path)))
+                stages.append((name, load_stage(path, as_type=as_type.pop(name, None))))
+        if as_type:
+            raise Cdm3dError(f"--as-type names stages without a weights file given by --stage: {sorted(as_type)}")
         by_name = dict(stages)
         for item in args.expert:
             name, sep, path = item.partition("=")

@@ -85,7 +85,8 @@ class CascadeOutput:
     cond: Conditioning
     timings: dict[str, float] = field(default_factory=dict)
     # A selector stage's choice, when the run had several candidates per example: its name ->
-    # {"scores": [B, K] candidate scores, "chosen": [B] index of the kept candidate}.
+    # {"scores": [B, K] scores of the K candidates it saw per example, "chosen": [B] index of its best,
+    #  "kept": [B, M] indices of the M it passed on, best first (M = its ``keep``, at most K)}.
     selection: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
@@ -191,7 +192,9 @@ class Cascade:
         A selector stage (:class:`~cdm3d.core.selection.SelectorStage`) that asks for ``K > 1`` candidates
         has the stages before it (in this run) produce ``K`` per example, keeps the best-scored one of each
         example and gathers the earlier outputs to it; its scores and choice are in ``output.selection``.
-        The outputs of the stages before a selector must support indexing by a tensor of rows.
+        With ``keep = M > 1`` it passes on its M best per example and a later selector of the run chooses
+        among them (a run that ends first keeps the best of each example's M). The outputs of the stages
+        before a selector must support indexing by a tensor of rows.
         """
         import time
 
@@ -218,8 +221,10 @@ class Cascade:
             run_cond = cond.repeat_interleave(per)
             if prev is not None:
                 prev = _rows(prev, torch.arange(batch).repeat_interleave(per), f"init (the input of '{names[0]}')")
+        choosing = False  # from the selector that asked for the candidates on, selectors choose among them
         for k, name in enumerate(names):
             stage = self.stages[name]
+            choosing = choosing or name == selector
             if device is not None:
                 stage.to(device)
             settings = sampling.get(name)
@@ -234,15 +239,16 @@ class Cascade:
             generator = torch.Generator().manual_seed(stage_seed(seed, name))
             start = time.perf_counter()
             try:
-                if name == selector:
+                if choosing and per > 1 and isinstance(stage, SelectorStage):
                     scores = stage.score(prev, run_cond, generator=generator, sampling=settings).view(batch, per)
-                    chosen = scores.argmax(1)
-                    keep = torch.arange(batch) * per + chosen
-                    outputs = {n: _rows(v, keep, f"the output of '{n}'") for n, v in outputs.items()}
-                    prev = _rows(prev, keep, f"the output of '{names[k - 1]}'")
-                    prev = stage.sample(prev, cond, sampling=settings, callback=step)
-                    selection[name] = {"scores": scores, "chosen": chosen}
-                    run_cond = cond
+                    kept = scores.topk(min(stage.resolve_sampling(settings).keep, per), dim=1).indices
+                    rows = (torch.arange(batch)[:, None] * per + kept).flatten()
+                    outputs = {n: _rows(v, rows, f"the output of '{n}'") for n, v in outputs.items()}
+                    prev = _rows(prev, rows, f"the output of '{names[k - 1]}'")
+                    per = kept.shape[1]
+                    run_cond = cond.repeat_interleave(per) if per > 1 else cond
+                    prev = stage.sample(prev, run_cond, sampling=settings, callback=step)
+                    selection[name] = {"scores": scores, "chosen": kept[:, 0], "kept": kept}
                 else:
                     prev = stage.sample(prev, run_cond, generator=generator, sampling=settings, callback=step)
             finally:
@@ -251,6 +257,9 @@ class Cascade:
                     stage.to("cpu")
             timings[name] = time.perf_counter() - start
             outputs[name] = prev
+        if per > 1:  # no later selector chose among the last one's kept candidates: keep each example's best
+            rows = torch.arange(batch) * per
+            outputs = {n: _rows(v, rows, f"the output of '{n}'") for n, v in outputs.items()}
         return CascadeOutput(outputs, cond, timings, selection)
 
     def _selector(self, names: list[str], sampling: dict[str, dict[str, Any]]) -> tuple[str | None, int]:

@@ -6,6 +6,11 @@ batch ``K`` times larger. The selector scores each candidate against its example
 :meth:`Cascade.run <cdm3d.core.Cascade.run>` keeps, per example, the candidate with the highest score (the
 earlier stages' outputs too), so every output of the run has the batch of the conditioning again.
 
+A selector may pass on its ``keep > 1`` best candidates per example instead of one: the stages after it
+run on those, and a later selector stage chooses among them by its own reading of its own input (a funnel:
+cheap candidates scored early, the few best carried through a costly stage and scored again on its output).
+A run that ends before a later selector keeps each example's best of the last selector that ran.
+
 The score is the cosine between the selector network's embedding of a candidate and the example's CLIP
 embedding (the mean of the slots it has: text, image or both). The network is trained through the generic
 trainer with CLIP's contrastive loss (InfoNCE, both directions, a learned temperature) between the
@@ -37,6 +42,9 @@ class SelectionConfig(StrictConfig):
     candidates: int = Field(4, ge=1, le=64)
     # Random reads of each candidate (a plugin may read a random subset of a large output) averaged per score.
     reads: int = Field(4, ge=1, le=64)
+    # Candidates per example this selector passes on, best first; with more than 1 a later selector stage of
+    # the run chooses among them (a run that ends first keeps each example's best of this selector).
+    keep: int = Field(1, ge=1, le=64)
 
 
 class SelectorStageConfig(TrainableStageConfig):

@@ -44,16 +44,24 @@ def save_stage(stage: Stage, path: str | Path, dtype: torch.dtype | None = None)
     )
 
 
-def load_stage(path: str | Path, expected_type: str | None = None) -> Stage:
-    """A stage rebuilt from its weights file; ``expected_type`` guards against a wrong file."""
+def load_stage(path: str | Path, expected_type: str | None = None, as_type: str | None = None) -> Stage:
+    """A stage rebuilt from its weights file; ``expected_type`` guards against a wrong file.
+
+    ``as_type`` builds a stage of another registered type from the file's config and weights, for a type
+    that shares the file's config fields and network (``mesh.select`` from a ``points.select`` critic); a
+    type they do not fit is a :class:`~cdm3d.errors.CheckpointError`."""
     tensors, meta = load_tensors(path)
     config = config_from_metadata(path, meta, "stage")
     if expected_type is not None and config.get("type") != expected_type:
         raise CheckpointError(
             f"{path} holds weights of stage type {config.get('type')!r}, expected {expected_type!r}; check the path"
         )
+    what = f"config embedded in {path}"
+    if as_type is not None:
+        what = f"{what}, read as stage type {as_type!r}"
+        config = {**config, "type": as_type}
     try:
-        stage = build_stage(config, f"config embedded in {path}")
+        stage = build_stage(config, what)
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
     load_state_into(stage, tensors, path)

@@ -40,6 +40,19 @@ class Meshes:
     def __len__(self) -> int:
         return len(self.vertices)
 
+    def __getitem__(self, index: int | slice | torch.Tensor | list[int]) -> Meshes:
+        """The meshes at ``index`` (an int, a slice, or a list / 1-D tensor of rows, repeats allowed)."""
+        if isinstance(index, int):
+            rows = [index]
+        elif isinstance(index, slice):
+            rows = list(range(len(self)))[index]
+        else:
+            rows = [int(i) for i in (index.tolist() if isinstance(index, torch.Tensor) else index)]
+        for i in rows:
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"mesh {i} of a batch of {len(self)}")
+        return Meshes([self.vertices[i] for i in rows], [self.faces[i] for i in rows], [self.colors[i] for i in rows])
+
     def to_trimesh(self, index: int = 0) -> Any:
         import trimesh
 
