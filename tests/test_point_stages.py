@@ -172,3 +172,24 @@ def test_local_blocks_keep_permutation_equivariance_and_start_as_the_plain_netwo
     assert not torch.allclose(out, plain(x, t, emb), atol=1e-3)
     perm = torch.randperm(20)
     torch.testing.assert_close(local(x[:, perm], t, emb), out[:, perm], atol=1e-5, rtol=1e-4)
+
+
+def test_the_local_critic_is_order_invariant_and_its_first_layer_sees_neighbours() -> None:
+    from cdm3d.models.point_critic import EdgeConv, PointCritic, PointCriticConfig
+
+    torch.manual_seed(0)
+    net = PointCritic(PointCriticConfig(width=16, local_k=8), 6, 32, 0.07).eval()
+    assert isinstance(net.point_mlp[0], EdgeConv)
+    x = torch.randn(2, 64, 6)
+    perm = torch.randperm(64)
+    torch.testing.assert_close(net(x[:, perm]), net(x), atol=1e-5, rtol=1e-5)
+    # Moving one point changes the first-layer features of other points (its neighbours); in a plain
+    # PointNet each point's feature depends on that point alone.
+    moved = x.clone()
+    moved[:, 0, :3] = x[:, 1, :3] + 1e-3  # point 0 becomes point 1's nearest neighbour
+    nearest = EdgeConv(6, 8, k=1)  # one neighbour: point 1's feature reads point 0 now
+    assert ((nearest(moved) - nearest(x))[:, 1].abs().amax(-1) > 1e-4).all()
+    plain = PointCritic(PointCriticConfig(width=16), 6, 32, 0.07).point_mlp[0]
+    assert torch.equal(plain(moved)[:, 1:], plain(x)[:, 1:])
+    # Fewer points than neighbours (a cloud of 3) still embeds.
+    assert net(torch.randn(1, 3, 6)).shape == (1, 32)
