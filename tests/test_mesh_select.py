@@ -78,3 +78,12 @@ def test_the_shipped_mesh_selector_prefers_the_mesh_of_the_prompt(shipped) -> No
             cond = shipped.encode([world.caption(found[name])] * 2)
             scores = stage.score(meshes, cond, torch.Generator().manual_seed(0))
             assert scores.argmax().item() == k, (name, scores)
+
+
+def test_meshes_index_by_rows_as_a_selector_gathers_them() -> None:
+    meshes = _meshes(*(trimesh.creation.box(extents=(s, s, s)) for s in (0.2, 0.4, 0.6)))
+    picked = meshes[torch.tensor([2, 0, 2])]
+    assert len(picked) == 3 and picked.vertices[0] is meshes.vertices[2] and picked.faces[1] is meshes.faces[0]
+    assert len(meshes[1:]) == 2 and meshes[-1].vertices[0] is meshes.vertices[2] and len(meshes[[1]]) == 1
+    with pytest.raises(IndexError):
+        meshes[torch.tensor([3])]
