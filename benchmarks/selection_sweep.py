@@ -8,8 +8,14 @@ many candidates gives its selector: each example repeated, one batch); the selec
 and for each k the row keeps, per prompt, the best-scored of the first k. Alongside: the fidelity of a
 single sample (the mean over candidates) and of an oracle that keeps a right one whenever one of the k is
 right (the ceiling of any chooser). ``--images`` adds the same for image -> 3D, conditioned on renders of
-the prompts' own objects (the split's default-camera renders, as the images eval). Use ``--split val`` to
-choose the default number off the test prompts.
+the prompts' own objects (the split's default-camera renders, as the images eval). ``--meshes M`` meshes
+the selector's best M clouds per prompt (text) with the cascade's mesh stage and sweeps its mesh selector's
+choice among the first m of them (the shipped cascade's ``select.keep``):
+
+    bash tools/env.sh python benchmarks/selection_sweep.py --candidates 8 --split val --meshes 3 \
+        --out benchmarks/results/selection_sweep_val_meshes.json
+
+Use ``--split val`` to choose the default numbers off the test prompts.
 """
 
 from __future__ import annotations
@@ -24,21 +30,26 @@ import torch
 from cdm3d.core import Cascade, Conditioning, SelectorStage
 from cdm3d.core.checkpoint import check_parent, write_text
 from cdm3d.data.vocab import CATEGORIES
+from cdm3d.errors import Cdm3dError
 from cdm3d.eval.classifier import PointClassifier
 from cdm3d.eval.images_eval import renders
 from cdm3d.eval.points_eval import generate, prompts_per_category
 from cdm3d.eval.stages import point_stages
 
 
-def sweep(cascade, selector: SelectorStage, classifier, cond: Conditioning, categories, k_max: int, batch: int):
-    """Rows of (k, single, chosen, oracle) category fidelity over ``k = 1 .. k_max``."""
-    names = cascade.names
-    plain = Cascade([(n, cascade.stages[n]) for n in names if n != selector.name], clip=cascade.clip)
+def candidates(cascade, selector: SelectorStage, cond: Conditioning, k_max: int, batch: int):
+    """``k_max`` candidate clouds per prompt (rows ``i * k_max ...``) and the selector's scores ``[P, k_max]``."""
+    plain = Cascade([(n, cascade.stages[n]) for n in cascade.names if n != selector.name], clip=cascade.clip)
     many = cond.repeat_interleave(k_max)
     clouds = generate(plain, many, batch * k_max, seed=0)[plain.names[-1]]
+    return clouds, selector.score(clouds, many, torch.Generator().manual_seed(0)).view(-1, k_max)
+
+
+def sweep(cascade, selector: SelectorStage, classifier, cond: Conditioning, categories, k_max: int, batch: int):
+    """Rows of (k, single, chosen, oracle) category fidelity over ``k = 1 .. k_max``; also the candidates."""
+    clouds, scores = candidates(cascade, selector, cond, k_max, batch)
     labels = torch.tensor([list(CATEGORIES).index(c) for c in categories]).repeat_interleave(k_max)
     right = (classifier.predict(clouds.to_tensor())[0] == labels).view(-1, k_max)
-    scores = selector.score(clouds, many, torch.Generator().manual_seed(0)).view(-1, k_max)
     rows = []
     for k in range(1, k_max + 1):
         pick = scores[:, :k].argmax(1)
@@ -48,6 +59,63 @@ def sweep(cascade, selector: SelectorStage, classifier, cond: Conditioning, cate
                 "single_sample": round(right[:, :k].float().mean().item(), 4),
                 "chosen": round(right[torch.arange(len(right)), pick].float().mean().item(), 4),
                 "oracle": round(right[:, :k].any(1).float().mean().item(), 4),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows, (clouds, scores)
+
+
+def mesh_sweep(full: Cascade, clouds, scores, cond: Conditioning, categories, classifier, m_max: int, batch: int):
+    """The selector's best ``m_max`` clouds per prompt meshed by the cascade's mesh stage; rows of the mesh
+    selector's choice among the first m of them (m = 1: the best cloud's mesh alone), with the fidelity of the
+    meshes of each cloud rank and an oracle among the m."""
+    from cdm3d.eval.classifier import CLASSIFIER_POINTS
+    from cdm3d.eval.mesh_eval import mesh_cloud
+    from cdm3d.types import Meshes
+
+    names = full.names
+    mesher = [n for n in names if full.stages[n].produces == "Meshes" and not isinstance(full.stages[n], SelectorStage)]
+    if not mesher:
+        raise SystemExit(f"selection_sweep: {full.names} has no mesh stage for --meshes")
+    after = [n for n in names[names.index(mesher[-1]) + 1 :] if isinstance(full.stages[n], SelectorStage)]
+    if not after:
+        raise SystemExit("selection_sweep: --meshes needs a selector stage after the mesh stage (mesh.select)")
+    stage, chooser = full.stages[mesher[-1]], full.stages[after[0]]
+    prompts, k_max = scores.shape
+    order = scores.argsort(1, descending=True)[:, :m_max]
+    picked = clouds[(torch.arange(prompts)[:, None] * k_max + order).flatten()]
+    cond_m = cond.repeat_interleave(m_max)
+    items: list = []  # one Meshes of one mesh per candidate, None where the stage found no surface
+    for start in range(0, len(picked), batch):
+        sl = slice(start, start + batch)
+        try:
+            out = stage.sample(picked[sl], cond_m.select(sl), generator=torch.Generator().manual_seed(start))
+            items += [out[i] for i in range(len(out))]
+        except Cdm3dError:  # one candidate without a surface fails its batch: mesh it candidate by candidate
+            for i in range(sl.start, min(sl.stop, len(picked))):
+                try:
+                    items.append(stage.sample(picked[i : i + 1], cond_m.select([i])))
+                except Cdm3dError:
+                    items.append(None)
+    ok = [i for i, m in enumerate(items) if m is not None]
+    labels = torch.tensor([list(CATEGORIES).index(c) for c in categories]).repeat_interleave(m_max)
+    right = torch.zeros(len(items), dtype=torch.bool)
+    mesh_scores = torch.full((len(items),), -float("inf"))  # a failed mesh is never chosen and never right
+    if ok:
+        meshes = Meshes(*([t for i in ok for t in getattr(items[i], key)] for key in ("vertices", "faces", "colors")))
+        samples = torch.stack([mesh_cloud(meshes.to_trimesh(j), CLASSIFIER_POINTS) for j in range(len(ok))])
+        right[ok] = classifier.predict(samples)[0] == labels[ok]
+        mesh_scores[ok] = chooser.score(meshes, cond_m.select(ok), torch.Generator().manual_seed(0))
+    right, mesh_scores = right.view(-1, m_max), mesh_scores.view(-1, m_max)
+    rows = []
+    for m in range(1, m_max + 1):
+        pick = mesh_scores[:, :m].argmax(1)
+        rows.append(
+            {
+                "meshes": m,
+                "cloud_rank_meshed": round(right[:, m - 1].float().mean().item(), 4),
+                "chosen": round(right[torch.arange(len(right)), pick].float().mean().item(), 4),
+                "oracle": round(right[:, :m].any(1).float().mean().item(), 4),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -63,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=13, help="prompts per run (each with all its candidates)")
     parser.add_argument("--split", default="val", choices=["test", "val"])
     parser.add_argument("--images", action="store_true", help="also image -> 3D from the prompts' renders")
+    parser.add_argument(
+        "--meshes",
+        type=int,
+        default=0,
+        metavar="M",
+        help="also mesh the selector's best M clouds per prompt (text) and sweep the mesh selector's choice",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/selection_sweep_val.json"))
     args = parser.parse_args(argv)
     check_parent(args.out)
@@ -80,10 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     categories = [p[2] for p in prompts]
     report = {"model": str(args.model), "split": args.split, "prompts": len(prompts), "selector": selectors[0].name}
     cond = cascade.encode([p[1] for p in prompts])
-    report["text"] = sweep(cascade, selectors[0], classifier, cond, categories, args.candidates, args.batch)
+    report["text"], (clouds, scores) = sweep(
+        cascade, selectors[0], classifier, cond, categories, args.candidates, args.batch
+    )
+    if args.meshes:
+        full = Cascade.from_pretrained(args.model, load_clip=False)
+        report["text_meshes"] = mesh_sweep(full, clouds, scores, cond, categories, classifier, args.meshes, args.batch)
     if args.images:
         cond = cascade.encode(None, renders([p[0] for p in prompts], 64, args.split))
-        report["image"] = sweep(cascade, selectors[0], classifier, cond, categories, args.candidates, args.batch)
+        report["image"] = sweep(cascade, selectors[0], classifier, cond, categories, args.candidates, args.batch)[0]
     write_text(args.out, json.dumps(report, indent=2))
     print(args.out)
     return 0

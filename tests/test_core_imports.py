@@ -42,3 +42,23 @@ def test_core_source_never_imports_a_modality_library() -> None:
 def test_importing_cdm3d_is_light() -> None:
     loaded = _modules_after("import cdm3d")
     assert "torch" not in loaded
+
+
+def test_every_builtin_stage_type_has_an_entry_point() -> None:
+    """A fresh process finds each stage type by its entry point alone (a cascade.yaml may name a stage type
+    before any module that registers it was imported): pyproject.toml lists every type load_builtin registers,
+    each pointing at its class."""
+    import importlib
+    import pathlib
+    import tomllib
+
+    from cdm3d.core import STAGES
+    from cdm3d.stages import load_builtin
+
+    load_builtin()
+    pyproject = tomllib.loads((pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    declared = pyproject["project"]["entry-points"]["cdm3d.stages"]
+    assert set(declared) == set(STAGES._items), sorted(set(STAGES._items) ^ set(declared))
+    for name, target in declared.items():
+        module, _, attr = target.partition(":")
+        assert getattr(importlib.import_module(module), attr) is STAGES.get(name), name

@@ -146,6 +146,18 @@ def test_eval_meshes_runs_a_mesh_selector_with_the_pipeline_and_ablates_it(tmp_p
     assert report["mesh_selector"]["stage"] == "mesh_select" and report["mesh_selector"]["candidates_meshed"] == 2
     for row in ("pipeline", "pipeline_without_mesh_selection", "ground_truth_clouds", "poisson_pipeline"):
         assert report[row]["meshes"] == 13 and 0 <= report[row]["category_fidelity"] <= 1
+    # The selection sweep meshes the selector's best 2 clouds per prompt and sweeps the mesh selector's choice.
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import selection_sweep
+
+    classifier = Path(__file__).resolve().parents[1] / "benchmarks/assets/classifier.safetensors"
+    argv = ["--model", str(tmp_path / "tiny"), "--classifier", str(classifier), "--candidates", "3", "--meshes", "2"]
+    assert selection_sweep.main([*argv, "--per-category", "1", "--out", str(tmp_path / "sweep.json")]) == 0
+    rows = json.loads((tmp_path / "sweep.json").read_text())["text_meshes"]
+    assert [r["meshes"] for r in rows] == [1, 2] and rows[0]["chosen"] == rows[0]["cloud_rank_meshed"]
+    assert all(0 <= r["chosen"] <= r["oracle"] <= 1 for r in rows) and rows[0]["oracle"] <= rows[1]["oracle"]
 
 
 def test_eval_images_writes_fidelity_fid_ablation_and_image_to_3d(tmp_path) -> None:
