@@ -30,7 +30,6 @@ import torch
 from cdm3d.core import Cascade, Conditioning, SelectorStage
 from cdm3d.core.checkpoint import check_parent, write_text
 from cdm3d.data.vocab import CATEGORIES
-from cdm3d.errors import Cdm3dError
 from cdm3d.eval.classifier import PointClassifier
 from cdm3d.eval.images_eval import renders
 from cdm3d.eval.points_eval import generate, prompts_per_category
@@ -70,42 +69,30 @@ def mesh_sweep(full: Cascade, clouds, scores, cond: Conditioning, categories, cl
     selector's choice among the first m of them (m = 1: the best cloud's mesh alone), with the fidelity of the
     meshes of each cloud rank and an oracle among the m."""
     from cdm3d.eval.classifier import CLASSIFIER_POINTS
-    from cdm3d.eval.mesh_eval import mesh_cloud
+    from cdm3d.eval.mesh_eval import mesh_cloud, mesh_in_batches
+    from cdm3d.eval.stages import mesh_stages
     from cdm3d.types import Meshes
 
-    names = full.names
-    mesher = [n for n in names if full.stages[n].produces == "Meshes" and not isinstance(full.stages[n], SelectorStage)]
-    if not mesher:
+    mesher, chooser = mesh_stages(full)
+    if mesher is None:
         raise SystemExit(f"selection_sweep: {full.names} has no mesh stage for --meshes")
-    after = [n for n in names[names.index(mesher[-1]) + 1 :] if isinstance(full.stages[n], SelectorStage)]
-    if not after:
+    if chooser is None:
         raise SystemExit("selection_sweep: --meshes needs a selector stage after the mesh stage (mesh.select)")
-    stage, chooser = full.stages[mesher[-1]], full.stages[after[0]]
     prompts, k_max = scores.shape
     order = scores.argsort(1, descending=True)[:, :m_max]
     picked = clouds[(torch.arange(prompts)[:, None] * k_max + order).flatten()]
     cond_m = cond.repeat_interleave(m_max)
-    items: list = []  # one Meshes of one mesh per candidate, None where the stage found no surface
-    for start in range(0, len(picked), batch):
-        sl = slice(start, start + batch)
-        try:
-            out = stage.sample(picked[sl], cond_m.select(sl), generator=torch.Generator().manual_seed(start))
-            items += [out[i] for i in range(len(out))]
-        except Cdm3dError:  # one candidate without a surface fails its batch: mesh it candidate by candidate
-            for i in range(sl.start, min(sl.stop, len(picked))):
-                try:
-                    items.append(stage.sample(picked[i : i + 1], cond_m.select([i])))
-                except Cdm3dError:
-                    items.append(None)
-    ok = [i for i, m in enumerate(items) if m is not None]
+    items, _ = mesh_in_batches(full.stages[mesher], picked, cond_m, batch)
+    ok = [j for j, (m, _) in enumerate(items) if m is not None]
     labels = torch.tensor([list(CATEGORIES).index(c) for c in categories]).repeat_interleave(m_max)
     right = torch.zeros(len(items), dtype=torch.bool)
     mesh_scores = torch.full((len(items),), -float("inf"))  # a failed mesh is never chosen and never right
     if ok:
-        meshes = Meshes(*([t for i in ok for t in getattr(items[i], key)] for key in ("vertices", "faces", "colors")))
+        kept = [items[j] for j in ok]
+        meshes = Meshes([m.vertices[i] for m, i in kept], [m.faces[i] for m, i in kept], [m.colors[i] for m, i in kept])
         samples = torch.stack([mesh_cloud(meshes.to_trimesh(j), CLASSIFIER_POINTS) for j in range(len(ok))])
         right[ok] = classifier.predict(samples)[0] == labels[ok]
-        mesh_scores[ok] = chooser.score(meshes, cond_m.select(ok), torch.Generator().manual_seed(0))
+        mesh_scores[ok] = full.stages[chooser].score(meshes, cond_m.select(ok), torch.Generator().manual_seed(0))
     right, mesh_scores = right.view(-1, m_max), mesh_scores.view(-1, m_max)
     rows = []
     for m in range(1, m_max + 1):

@@ -56,10 +56,11 @@ def with_mesher(cascade: Cascade, mesher: str | None) -> Cascade:
         return cascade
     if mesher not in MESHERS:
         raise InputError(f"unknown mesher {mesher!r}; choose one of {', '.join(MESHERS)}")
-    meshing = [n for n, s in cascade.stages.items() if s.produces == "Meshes" and not isinstance(s, SelectorStage)]
-    if not meshing:
+    from cdm3d.eval.stages import mesh_stages
+
+    name, _ = mesh_stages(cascade)
+    if name is None:
         raise InputError("this cascade has no mesh stage to choose")
-    name = meshing[-1]
     current = cascade.stages[name].config.type
     if current == f"mesh.{mesher}":
         return cascade

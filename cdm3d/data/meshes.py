@@ -76,10 +76,19 @@ def normalise(mesh: trimesh.Trimesh, extent: float = 1.8) -> trimesh.Trimesh:
 
 def sample_colored_points(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` area-uniform surface points ``[n, 3]`` and their interpolated colours ``[n, 3]``."""
-    points, face, bary = sample_surface(np.asarray(mesh.vertices), np.asarray(mesh.faces), n, seed)
-    colors = vertex_colors(mesh)
-    rgb = (colors[mesh.faces[face]] * bary[:, :, None]).sum(1)
+    points, rgb = sample_colored_surface(
+        np.asarray(mesh.vertices), np.asarray(mesh.faces), vertex_colors(mesh), n, seed
+    )
     return points.astype(np.float32), rgb.astype(np.float32)
+
+
+def sample_colored_surface(
+    vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` area-uniform surface points ``[n, 3]`` of a mesh given as arrays and their colours ``[n, 3]``
+    interpolated from the per-vertex ``colors`` (in the arrays' own precision)."""
+    points, face, bary = sample_surface(vertices, faces, n, seed)
+    return points, (colors[faces[face]] * bary[:, :, None]).sum(1)
 
 
 def sample_surface(

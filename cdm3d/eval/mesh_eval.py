@@ -34,6 +34,7 @@ from cdm3d.errors import Cdm3dError
 from cdm3d.eval.classifier import CLASSIFIER_POINTS, PointClassifier
 from cdm3d.eval.point_metrics import chamfer
 from cdm3d.eval.points_eval import generate, ground_truth, prompts_per_category
+from cdm3d.eval.stages import mesh_stages
 from cdm3d.types import PointClouds
 
 
@@ -63,26 +64,37 @@ def mesh_rows(
     sampling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Mesh ``clouds`` with ``stage`` in batches; fidelity, watertightness, CD and seconds per mesh."""
-    rows: list[dict[str, Any]] = []
+    items, seconds = mesh_in_batches(stage, clouds, cond, batch, sampling)
+    rows = [{"failed": i} if meshes is None else _item_row(meshes, i) for meshes, i in items]
+    return _summary(rows, prompts, classifier, seconds)
+
+
+def mesh_in_batches(
+    stage: Stage, clouds: PointClouds, cond: Conditioning, batch: int, sampling: dict[str, Any] | None = None
+) -> tuple[list[tuple[Any, Any]], list[float]]:
+    """Mesh ``clouds`` with ``stage``, ``batch`` at a time (generator seeded by the batch's start): per cloud
+    ``(meshes, index)`` of its mesh, or ``(None, error)`` where the stage found no surface (a batch that fails
+    is meshed item by item); and the seconds per mesh of each batch."""
+    items: list[tuple[Any, Any]] = []
     seconds = []
-    for start in range(0, len(prompts), batch):
+    for start in range(0, len(clouds), batch):
         sl = slice(start, start + batch)
         t0 = time.perf_counter()
         try:
             meshes = stage.sample(
                 clouds[sl], cond.select(sl), generator=torch.Generator().manual_seed(start), sampling=sampling
             )
-            items = [(meshes, i) for i in range(len(meshes))]
+            done = [(meshes, i) for i in range(len(meshes))]
         except Cdm3dError:  # one item without a surface fails its batch: mesh the batch item by item
-            items = []
-            for i in range(sl.start, min(sl.stop, len(prompts))):
+            done = []
+            for i in range(sl.start, min(sl.stop, len(clouds))):
                 try:
-                    items.append((stage.sample(clouds[i], cond.select([i]), sampling=sampling), 0))
+                    done.append((stage.sample(clouds[i], cond.select([i]), sampling=sampling), 0))
                 except Cdm3dError as err:
-                    items.append((None, str(err)))
-        seconds.append((time.perf_counter() - t0) / len(items))
-        rows += [{"failed": i} if meshes is None else _item_row(meshes, i) for meshes, i in items]
-    return _summary(rows, prompts, classifier, seconds)
+                    done.append((None, str(err)))
+        seconds.append((time.perf_counter() - t0) / len(done))
+        items += done
+    return items, seconds
 
 
 def pipeline_rows(
@@ -174,16 +186,15 @@ def evaluate_meshes(
 
     torch.manual_seed(0)
     full = Cascade.from_pretrained(model)
-    meshers = [
-        n for n in full.names if full.stages[n].produces == "Meshes" and not isinstance(full.stages[n], SelectorStage)
-    ]
+    mesher, chooser = mesh_stages(full)
     if mesh_stage is not None:
         path = str(mesh_stage)
         stage = build_stage(load_yaml(path)) if path.endswith((".yaml", ".yml")) else load_stage(path)
-    elif not meshers:
+        chooser = None
+    elif mesher is None:
         raise Cdm3dError(f"{model} has no mesh stage; pass --mesh-stage")
     else:
-        stage = full.stages[meshers[-1]]
+        stage = full.stages[mesher]
     point_names = [n for n in full.names if full.stages[n].produces == "PointClouds"]
     points = Cascade([(n, full.stages[n]) for n in point_names], clip=full.clip)
     prompts = prompts_per_category(per_category)
@@ -191,17 +202,13 @@ def evaluate_meshes(
     # A selector among meshes after the mesh stage (the shipped cascade's ``mesh.select``) is part of the
     # pipeline: then the pipeline row runs the whole cascade, and a row without it meshes the point stages'
     # single best cloud per prompt.
-    chooser = None
-    if mesh_stage is None:
-        after = full.names[full.names.index(meshers[-1]) + 1 :]
-        chooser = next((n for n in after if isinstance(full.stages[n], SelectorStage)), None)
     single = {n: {"keep": 1} for n in point_names if isinstance(full.stages[n], SelectorStage)}
     classifier = PointClassifier.load(classifier_path)
     report: dict[str, Any] = {"model": str(model), "mesh_stage": stage.config.model_dump(), "prompts": len(prompts)}
     if chooser is not None:
         keep = max(full.stages[n].resolve_sampling(None).keep for n in single) if single else 1
-        pipe = Cascade([(n, full.stages[n]) for n in [*point_names, meshers[-1], chooser]], clip=full.clip)
-        mesh_sampling = {meshers[-1]: sampling} if sampling else {}
+        pipe = Cascade([(n, full.stages[n]) for n in [*point_names, mesher, chooser]], clip=full.clip)
+        mesh_sampling = {mesher: sampling} if sampling else {}
         report["mesh_selector"] = {
             "stage": chooser,
             "candidates_meshed": keep,
@@ -209,7 +216,7 @@ def evaluate_meshes(
         }
         report["pipeline"], clouds = pipeline_rows(
             pipe,
-            [meshers[-1], chooser],
+            [mesher, chooser],
             cond,
             prompts,
             classifier,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cdm3d.core import STAGES
-from cdm3d.data.meshes import sample_surface
+from cdm3d.data.meshes import sample_colored_surface
 from cdm3d.errors import InputError
 from cdm3d.stages.points.select import SelectPointsConfig, SelectPointsStage
 from cdm3d.types.meshes import Meshes
@@ -47,8 +47,8 @@ class SelectMeshStage(SelectPointsStage):
             if len(f) == 0 or not np.isfinite(v).all():
                 raise InputError(f"stage '{self.name}': candidate mesh {i} is empty or holds NaN or Inf vertices")
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-            xyz, face, bary = sample_surface(v, f, n, seed)
-            rgb = (prev.colors[i].detach().cpu().double().numpy()[f[face]] * bary[:, :, None]).sum(1)
+            c = prev.colors[i].detach().cpu().double().numpy()
+            xyz, rgb = sample_colored_surface(v, f, c, n, seed)
             out.append(torch.from_numpy(np.concatenate([xyz, rgb * 2 - 1], 1)).float())
         return torch.stack(out)
 
