@@ -15,6 +15,12 @@ choice among the first m of them (the shipped cascade's ``select.keep``):
     bash tools/env.sh python benchmarks/selection_sweep.py --candidates 8 --split val --meshes 3 \
         --out benchmarks/results/selection_sweep_val_meshes.json
 
+``--sampling NAME.KEY=VALUE`` samples the candidates at another setting of a point stage (the same seeds,
+so the coarse clouds of a run that changes only ``upsample`` settings are the same clouds):
+
+    bash tools/env.sh python benchmarks/selection_sweep.py --candidates 8 --split val \
+        --sampling upsample.steps=8 --out benchmarks/results/selection_sweep_val.json
+
 Use ``--split val`` to choose the default numbers off the test prompts.
 """
 
@@ -30,23 +36,36 @@ import torch
 from cdm3d.core import Cascade, Conditioning, SelectorStage
 from cdm3d.core.checkpoint import check_parent, write_text
 from cdm3d.data.vocab import CATEGORIES
+from cdm3d.errors import InputError
 from cdm3d.eval.classifier import PointClassifier
 from cdm3d.eval.images_eval import renders
 from cdm3d.eval.points_eval import generate, prompts_per_category
 from cdm3d.eval.stages import point_stages
+from cdm3d.pipelines import parse_sampling_items
 
 
-def candidates(cascade, selector: SelectorStage, cond: Conditioning, k_max: int, batch: int):
+def candidates(
+    cascade, selector: SelectorStage, cond: Conditioning, k_max: int, batch: int, sampling: dict | None = None
+):
     """``k_max`` candidate clouds per prompt (rows ``i * k_max ...``) and the selector's scores ``[P, k_max]``."""
     plain = Cascade([(n, cascade.stages[n]) for n in cascade.names if n != selector.name], clip=cascade.clip)
     many = cond.repeat_interleave(k_max)
-    clouds = generate(plain, many, batch * k_max, seed=0)[plain.names[-1]]
+    clouds = generate(plain, many, batch * k_max, seed=0, sampling=sampling)[plain.names[-1]]
     return clouds, selector.score(clouds, many, torch.Generator().manual_seed(0)).view(-1, k_max)
 
 
-def sweep(cascade, selector: SelectorStage, classifier, cond: Conditioning, categories, k_max: int, batch: int):
+def sweep(
+    cascade,
+    selector: SelectorStage,
+    classifier,
+    cond: Conditioning,
+    categories,
+    k_max: int,
+    batch: int,
+    sampling: dict | None = None,
+):
     """Rows of (k, single, chosen, oracle) category fidelity over ``k = 1 .. k_max``; also the candidates."""
-    clouds, scores = candidates(cascade, selector, cond, k_max, batch)
+    clouds, scores = candidates(cascade, selector, cond, k_max, batch, sampling)
     labels = torch.tensor([list(CATEGORIES).index(c) for c in categories]).repeat_interleave(k_max)
     right = (classifier.predict(clouds.to_tensor())[0] == labels).view(-1, k_max)
     rows = []
@@ -125,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="M",
         help="also mesh the selector's best M clouds per prompt (text) and sweep the mesh selector's choice",
     )
+    parser.add_argument(
+        "--sampling",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="a point stage's sampling setting for the candidates, e.g. upsample.steps=8 (default: the model's)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/selection_sweep_val.json"))
     args = parser.parse_args(argv)
     check_parent(args.out)
@@ -137,20 +163,29 @@ def main(argv: list[str] | None = None) -> int:
     if not selectors:
         print(f"selection_sweep: {args.model} has no selector stage", file=sys.stderr)
         return 2
+    try:
+        sampling = parse_sampling_items(args.sampling, [n for n in cascade.names if n != selectors[0].name])
+    except InputError as err:
+        print(f"selection_sweep: {err}", file=sys.stderr)
+        return 2
     classifier = PointClassifier.load(args.classifier)
     prompts = prompts_per_category(args.per_category, args.split)
     categories = [p[2] for p in prompts]
     report = {"model": str(args.model), "split": args.split, "prompts": len(prompts), "selector": selectors[0].name}
+    if sampling:
+        report["sampling"] = sampling
     cond = cascade.encode([p[1] for p in prompts])
     report["text"], (clouds, scores) = sweep(
-        cascade, selectors[0], classifier, cond, categories, args.candidates, args.batch
+        cascade, selectors[0], classifier, cond, categories, args.candidates, args.batch, sampling
     )
     if args.meshes:
         full = Cascade.from_pretrained(args.model, load_clip=False)
         report["text_meshes"] = mesh_sweep(full, clouds, scores, cond, categories, classifier, args.meshes, args.batch)
     if args.images:
         cond = cascade.encode(None, renders([p[0] for p in prompts], 64, args.split))
-        report["image"] = sweep(cascade, selectors[0], classifier, cond, categories, args.candidates, args.batch)[0]
+        report["image"] = sweep(
+            cascade, selectors[0], classifier, cond, categories, args.candidates, args.batch, sampling
+        )[0]
     write_text(args.out, json.dumps(report, indent=2))
     print(args.out)
     return 0

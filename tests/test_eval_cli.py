@@ -296,6 +296,13 @@ def test_eval_and_selection_sweep_with_a_selector_stage(tmp_path) -> None:
         for r in rows:
             assert 0 <= r["chosen"] <= r["oracle"] <= 1
         assert all(a["oracle"] <= b["oracle"] for a, b in itertools.pairwise(rows))
+    # A point stage's sampling setting for the candidates is recorded; a malformed one is refused.
+    argv += ["--per-category", "1"]
+    assert selection_sweep.main([*argv, "--sampling", "upsample.steps=1", "--out", str(tmp_path / "s1.json")]) == 0
+    assert json.loads((tmp_path / "s1.json").read_text())["sampling"] == {"upsample": {"steps": 1}}
+    for bad in ("upsample.steps", "select.candidates=2", "nosuch.steps=2", "upsample=2"):
+        assert selection_sweep.main([*argv, "--sampling", bad, "--out", str(tmp_path / "s2.json")]) == 2
+    assert not (tmp_path / "s2.json").exists()
 
 
 def test_image_to_3d_benchmark_reports_the_text_prior_and_reframing_ablations(tmp_path) -> None:

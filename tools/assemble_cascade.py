@@ -66,11 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         "--half", action="store_true", help="store the stages' weights in float16 (half the size; loaded as float32)"
     )
     args = parser.parse_args(argv)
-    import yaml
-
     from cdm3d.core import Cascade, ClipEncoder, build_stage, load_stage, load_yaml
     from cdm3d.core.config import updated
     from cdm3d.errors import Cdm3dError, one_line
+    from cdm3d.pipelines import parse_sampling_items
     from cdm3d.stages import load_builtin
 
     try:
@@ -98,14 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or name not in by_name or not hasattr(by_name[name], "set_expert"):
                 raise Cdm3dError(f"--expert {item!r} must look like NAME=FILE with NAME a diffusion stage")
             by_name[name].set_expert(load_stage(path, expected_type=by_name[name].config.type))
-        changes: dict[str, dict] = {}
-        for item in args.sampling:
-            key, sep, value = item.partition("=")
-            name, dot, field = key.partition(".")
-            if not sep or not dot or name not in by_name:
-                raise Cdm3dError(f"--sampling {item!r} must look like NAME.KEY=VALUE with NAME one of {list(by_name)}")
-            changes.setdefault(name, {})[field] = yaml.safe_load(value)
-        for name, fields in changes.items():
+        for name, fields in parse_sampling_items(args.sampling, list(by_name)).items():
             stage = by_name[name]
             stage.config = updated(stage.config, {"sampling": fields}, f"sampling of stage {name!r}")
         clip = ClipEncoder.load(args.clip)
