@@ -46,7 +46,7 @@ def sampling_overrides(
     return out
 
 
-def parse_sampling_items(items: list[str], names: list[str], option: str = "--sampling") -> dict[str, dict[str, Any]]:
+def parse_sampling_items(items: list[str], names: list[str]) -> dict[str, dict[str, Any]]:
     """``["upsample.steps=4", ...]`` -> ``{"upsample": {"steps": 4}}`` (values read as YAML scalars); each
     ``NAME`` must be one of ``names``."""
     import yaml
@@ -56,11 +56,11 @@ def parse_sampling_items(items: list[str], names: list[str], option: str = "--sa
         key, sep, value = item.partition("=")
         name, dot, field = key.partition(".")
         if not sep or not dot or not field or name not in names:
-            raise InputError(f"{option} {item!r} must look like NAME.KEY=VALUE with NAME one of {list(names)}")
+            raise InputError(f"--sampling {item!r} must look like NAME.KEY=VALUE with NAME one of {list(names)}")
         try:
             out.setdefault(name, {})[field] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise InputError(f"{option} {item!r}: the value is not readable ({e})") from e
+            raise InputError(f"--sampling {item!r}: the value is not readable ({e})") from e
     return out
 
 
