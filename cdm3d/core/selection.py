@@ -60,7 +60,9 @@ class SelectorStage(TrainableStage):
 
     ``consumes`` and ``produces`` are the same kind. Alone (one candidate per example) :meth:`sample`
     returns its input unchanged. ``net(x) -> [B, D]`` embeds what :meth:`read` / :meth:`train_input`
-    make of an output and has a ``logit_scale`` parameter (log of the inverse temperature).
+    make of an output and has a ``logit_scale`` parameter (log of the inverse temperature). An ensemble of
+    M networks returns ``[B, M, D]`` and has ``logit_scale`` ``[M]``: the score is the mean of the members'
+    cosines, the loss the mean of their contrastive losses.
     """
 
     Config: ClassVar[type[SelectorStageConfig]] = SelectorStageConfig
@@ -124,7 +126,8 @@ class SelectorStage(TrainableStage):
             self.train(was_training)
         if z.shape[0] != target.shape[0]:
             raise InputError(f"stage '{self.name}': {z.shape[0]} candidates for {target.shape[0]} conditionings")
-        return (F.normalize(z, dim=-1) * target).sum(-1).cpu()
+        z = members(z)  # [B, M, D]
+        return (F.normalize(z, dim=-1) * target[:, None]).sum(-1).mean(1).cpu()
 
     # -- training ---------------------------------------------------------------------
     def loss(
@@ -145,8 +148,16 @@ class SelectorStage(TrainableStage):
             sl = split_part(x.shape[0], part)
             x, target = x[sl], target[sl]
         net = net or self.net
-        z = F.normalize(net(x).float(), dim=-1)
-        scale = self.net.logit_scale.exp().clamp(max=100.0)
-        logits = scale * z @ target.T
+        z = F.normalize(members(net(x).float()), dim=-1)  # [B, M, D]
+        scale = self.net.logit_scale.exp().clamp(max=100.0).reshape(-1)  # [M] (or one for all)
         labels = torch.arange(len(z), device=z.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        losses = []
+        for m in range(z.shape[1]):
+            logits = scale[m % len(scale)] * z[:, m] @ target.T
+            losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2)
+        return torch.stack(losses).mean()
+
+
+def members(z: torch.Tensor) -> torch.Tensor:
+    """A selector network's output as ``[B, M, D]``: one network's ``[B, D]`` is an ensemble of one."""
+    return z[:, None] if z.dim() == 2 else z

@@ -22,6 +22,9 @@ class PointCriticConfig(StrictConfig):
     width: int = Field(64, ge=4)
     # Neighbours of each point's first-layer edge convolution; 0: a plain PointNet (per-point MLP only).
     local_k: int = Field(0, ge=0, le=64)
+    # Critics of an ensemble (each its own weights and temperature; the selector averages their cosines). An
+    # ensemble of separately trained critics is made by tools/ensemble_critics.py.
+    members: int = Field(1, ge=1, le=8)
 
 
 def point_mlp(channels: int, width: int) -> nn.Sequential:
@@ -80,3 +83,28 @@ class PointCritic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(pool(self.point_mlp(x)))
+
+
+class PointCriticEnsemble(nn.Module):
+    """``config.members`` critics: ``x [B, N, 6]`` -> ``[B, M, D]``; ``logit_scale`` is ``[M]``."""
+
+    def __init__(self, config: PointCriticConfig, channels: int, embed_dim: int, temperature: float) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(
+            PointCritic(config, channels, embed_dim, temperature) for _ in range(config.members)
+        )
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return torch.stack([m.logit_scale for m in self.members])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members], 1)
+
+
+def build_critic(
+    config: PointCriticConfig, channels: int, embed_dim: int, temperature: float
+) -> PointCritic | PointCriticEnsemble:
+    """One critic, or an ensemble of ``config.members``."""
+    cls = PointCritic if config.members == 1 else PointCriticEnsemble
+    return cls(config, channels, embed_dim, temperature)

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from cdm3d.core import STAGES, SelectorStage, SelectorStageConfig
 from cdm3d.errors import InputError
-from cdm3d.models.point_critic import PointCritic, PointCriticConfig
+from cdm3d.models.point_critic import PointCriticConfig, build_critic
 from cdm3d.stages.points.coarse import CHANNELS
 from cdm3d.types import PointClouds
 
@@ -43,7 +43,7 @@ class SelectPointsStage(SelectorStage):
 
     def __init__(self, config: SelectPointsConfig) -> None:
         super().__init__(config)
-        self.net = PointCritic(config.network, CHANNELS, config.embed_dim, config.temperature)
+        self.net = build_critic(config.network, CHANNELS, config.embed_dim, config.temperature)
 
     def _subset(self, x: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
         if x.shape[1] <= n:
@@ -65,4 +65,27 @@ class SelectPointsStage(SelectorStage):
         return x + (torch.randn(x.shape, generator=generator) * std).to(x.device)
 
 
-__all__ = ["SelectPointsConfig", "SelectPointsStage"]
+def ensemble_critics(stages: list[SelectPointsStage]) -> SelectPointsStage:
+    """One selector of ``stages``' type whose critic is the ensemble of their critics (each a single critic
+    with the same config, as the same recipe trained at different seeds makes them); its score averages
+    their cosines, its sampling settings are the first critic's."""
+    if len(stages) < 2:
+        raise InputError(f"an ensemble needs at least 2 critics, got {len(stages)}")
+    first = stages[0]
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, SelectPointsStage):
+            raise InputError(f"critic {i} is a {type(stage).__name__}, not a point-cloud selector stage")
+        if stage.config.network.members != 1:
+            raise InputError(f"critic {i} is already an ensemble of {stage.config.network.members}")
+        if stage.config.model_dump(exclude={"sampling"}) != first.config.model_dump(exclude={"sampling"}):
+            raise InputError(f"critic {i}'s config differs from critic 0's: an ensemble joins critics of one recipe")
+    config = first.config.model_copy(
+        update={"network": first.config.network.model_copy(update={"members": len(stages)})}, deep=True
+    )
+    ensemble = type(first)(config)
+    for member, stage in zip(ensemble.net.members, stages, strict=True):
+        member.load_state_dict(stage.net.state_dict())
+    return ensemble.eval()
+
+
+__all__ = ["SelectPointsConfig", "SelectPointsStage", "ensemble_critics"]
