@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cdm3d.core import ClipEncoder, build_stage, load_stage, save_stage
-from cdm3d.errors import InputError
+from cdm3d.errors import ConfigError, InputError
 from cdm3d.stages import load_builtin
 from cdm3d.stages.points.select import ensemble_critics
 from cdm3d.types import PointClouds
@@ -89,6 +89,8 @@ def test_only_single_critics_of_one_config_join(cond) -> None:
     assert ensemble_critics([_critic(0), second]).config.sampling.reads == _critic(0).config.sampling.reads
     with pytest.raises(InputError, match="differs"):
         ensemble_critics([_critic(0), _critic(1, width=32)])
+    with pytest.raises(ConfigError, match="members"):  # more members than a config allows
+        ensemble_critics([_critic(seed) for seed in range(9)])
     with pytest.raises(InputError, match="already an ensemble"):
         ensemble_critics([_critic(0, members=2), _critic(1, members=2)])
 

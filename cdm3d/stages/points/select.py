@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from cdm3d.core import STAGES, SelectorStage, SelectorStageConfig
+from cdm3d.core.config import validate
 from cdm3d.errors import InputError
 from cdm3d.models.point_critic import PointCriticConfig, build_critic
 from cdm3d.stages.points.coarse import CHANNELS
@@ -79,10 +80,9 @@ def ensemble_critics(stages: list[SelectPointsStage]) -> SelectPointsStage:
             raise InputError(f"critic {i} is already an ensemble of {stage.config.network.members}")
         if stage.config.model_dump(exclude={"sampling"}) != first.config.model_dump(exclude={"sampling"}):
             raise InputError(f"critic {i}'s config differs from critic 0's: an ensemble joins critics of one recipe")
-    config = first.config.model_copy(
-        update={"network": first.config.network.model_copy(update={"members": len(stages)})}, deep=True
-    )
-    ensemble = type(first)(config)
+    fields = first.config.model_dump()
+    fields["network"]["members"] = len(stages)
+    ensemble = type(first)(validate(type(first.config), fields, f"an ensemble of {len(stages)} critics"))
     for member, stage in zip(ensemble.net.members, stages, strict=True):
         member.load_state_dict(stage.net.state_dict())
     return ensemble.eval()
