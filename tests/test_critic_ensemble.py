@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_trainer import TINY_CLIP
 
 from cdm3d.core import ClipEncoder, build_stage, load_stage, save_stage
 from cdm3d.errors import ConfigError, InputError
@@ -20,12 +21,6 @@ _spec = importlib.util.spec_from_file_location(
 )
 tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tool)
-
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 def _critic(seed: int, **network):

@@ -149,11 +149,11 @@ class SelectorStage(TrainableStage):
             x, target = x[sl], target[sl]
         net = net or self.net
         z = F.normalize(members(net(x).float()), dim=-1)  # [B, M, D]
-        scale = self.net.logit_scale.exp().clamp(max=100.0).reshape(-1)  # [M] (or one for all)
+        scale = self.net.logit_scale.exp().clamp(max=100.0).reshape(-1).expand(z.shape[1])  # [M]
         labels = torch.arange(len(z), device=z.device)
         losses = []
         for m in range(z.shape[1]):
-            logits = scale[m % len(scale)] * z[:, m] @ target.T
+            logits = scale[m] * z[:, m] @ target.T
             losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2)
         return torch.stack(losses).mean()
 
