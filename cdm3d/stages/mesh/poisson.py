@@ -74,8 +74,10 @@ class PoissonMeshStage(Stage):
         normals = np.asarray(pcd.normals)
         if (np.einsum("ij,ij->i", normals, xyz - xyz.mean(0)) < 0).mean() > 0.5:
             pcd.normals = o3d.utility.Vector3dVector(-normals)
+        # One thread: Open3D's multi-threaded Poisson segfaults now and then, more often on a busy CPU
+        # (isl-org/Open3D#6828, #7229); at these cloud sizes one thread costs little.
         with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
-            mesh, density = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(pcd, depth=cfg.depth)
+            mesh, density = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(pcd, depth=cfg.depth, n_threads=1)
         density = np.asarray(density)
         if cfg.trim_quantile > 0 and len(density):
             mesh.remove_vertices_by_mask(density < np.quantile(density, cfg.trim_quantile))
