@@ -160,6 +160,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="with --images: measure the base and SR fidelity at this many seeds (their means in 'over_seeds')",
     )
     p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="with --images: the world split whose prompts and renders to use (val: to choose settings)",
+    )
+    p.add_argument(
         "--image-classifier",
         type=Path,
         default=Path("benchmarks/assets/image_classifier.safetensors"),
@@ -204,6 +210,7 @@ def _eval(args: argparse.Namespace) -> int:
             speed=not args.skip_speed,
             overrides=settings,
             seeds=args.seeds,
+            split=args.split,
         )
     elif args.meshes:
         from cdm3d.eval.mesh_eval import evaluate_meshes

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from cdm3d.cli import main
-from cdm3d.core import Cascade, ClipEncoder
+from cdm3d.core import Cascade, ClipEncoder, build_stage
 from cdm3d.data.vocab import CATEGORIES
 from cdm3d.eval.bench import point_cascade
 
@@ -54,7 +54,7 @@ def test_assemble_cascade_sets_default_sampling(tmp_path, capsys) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     import assemble_cascade
 
-    from cdm3d.core import build_stage, save_stage
+    from cdm3d.core import save_stage
     from cdm3d.paths import DEFAULT_MODEL
 
     tiny = point_cascade("tiny", "cpu")
@@ -161,7 +161,7 @@ def test_eval_meshes_runs_a_mesh_selector_with_the_pipeline_and_ablates_it(tmp_p
 
 
 def test_eval_images_writes_fidelity_fid_ablation_and_image_to_3d(tmp_path) -> None:
-    from cdm3d.core import build_stage, save_stage
+    from cdm3d.core import save_stage
 
     net = {"channels": 16, "mults": [1, 2], "attention": [], "heads": 2, "groups": 4}
     base = build_stage({"type": "images.base", "embed_dim": 128, "size": 8, "network": net})
@@ -198,6 +198,29 @@ def test_eval_images_writes_fidelity_fid_ablation_and_image_to_3d(tmp_path) -> N
     # The shape cascade carries the shipped CLIP's image framing, so the unframed ablation is reported too.
     for label in ("image_to_3d", "text_image_to_3d", "image_to_3d_without_reframing"):
         assert 0 <= report["to_3d"][label]["category_fidelity"] <= 1
+
+
+def test_eval_images_on_validation_prompts_uses_the_validation_split_throughout(tmp_path, monkeypatch) -> None:
+    from cdm3d.eval import images_eval
+    from cdm3d.eval.points_eval import prompts_per_category
+
+    net = {"channels": 16, "mults": [1, 2], "attention": [], "heads": 2, "groups": 4}
+    base = build_stage({"type": "images.base", "embed_dim": 128, "size": 8, "network": net})
+    sr = build_stage({"type": "images.sr", "embed_dim": 128, "size": 16, "low_size": 8, "network": net})
+    Cascade([("base", base), ("sr", sr)], clip=ClipEncoder.default()).save_pretrained(tmp_path / "img")
+    seen, renders = [], images_eval.renders
+    monkeypatch.setattr(
+        images_eval, "renders", lambda idx, size, split="test": seen.append((idx, split)) or renders(idx, size, split)
+    )
+    out = tmp_path / "val.json"
+    argv = ["eval", "--images", "--model", str(tmp_path / "img"), "--per-category", "1", "--batch", "13"]
+    assert (
+        main([*argv, "--fid-reference", "4", "--steps", "1", "--skip-speed", "--split", "val", "--out", str(out)]) == 0
+    )
+    report = json.loads(out.read_text())
+    assert report["split"] == "val" and report["prompts"] == 13 and "val objects" in report["fid_reference"]
+    # The prompts' own renders are the validation objects the prompts describe, and so is the FID reference.
+    assert seen == [([p[0] for p in prompts_per_category(1, "val")], "val"), (list(range(2000, 2004)), "val")]
 
 
 def test_solver_and_augmentation_sweeps_write_a_row_per_setting_on_validation_prompts(tmp_path) -> None:

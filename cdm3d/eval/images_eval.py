@@ -110,8 +110,11 @@ def evaluate_images(
     speed: bool = True,
     overrides: dict[str, Any] | None = None,
     seeds: int = 1,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Every image-stage figure of an image cascade folder as a JSON-ready dict (see the module docstring);
+    ``split`` picks the prompts, their renders and the FID reference ("val" to choose settings off the test
+    prompts);
     ``overrides`` (solver, steps) apply to both image stages; ``classifier`` is the point classifier (for
     image -> 3D), ``image_classifier`` the render classifier (a second fidelity instrument). With ``seeds``
     above 1 the base and SR fidelity are measured again at that many seeds in all (``over_seeds``: each seed's
@@ -123,21 +126,22 @@ def evaluate_images(
     sr = cascade.stages[sr_name]
     clip = cascade.clip
     tables = variant_tables(clip)
-    prompts = prompts_per_category(per_category)
+    prompts = prompts_per_category(per_category, split)
     cond = cascade.encode([p[1] for p in prompts])
     start = time.time()
     sampling = {n: dict(overrides or {}) for n in cascade.names}
     outs = _run(cascade, cond, batch, sampling=sampling)
     generation_s = time.time() - start
-    real = renders([p[0] for p in prompts], sr.config.size)
-    ref_features = image_features(clip, renders(list(range(2000, 2000 + reference)), sr.config.size))
+    real = renders([p[0] for p in prompts], sr.config.size, split)
+    ref_features = image_features(clip, renders(list(range(2000, 2000 + reference)), sr.config.size, split))
     fid = lambda images: round(frechet_distance(image_features(clip, images.pixels), ref_features), 4)  # noqa: E731
     fidelity_of = lambda pixels: fidelity(clip, pixels, prompts, tables, judge)  # noqa: E731
     report: dict[str, Any] = {
         "model": str(model),
+        "split": split,
         "prompts": len(prompts),
         "fid_features": "small CLIP image embedding (128-d, L2-normalised), trained on the world",
-        "fid_reference": f"{reference} default-camera renders of test objects 2000..{2000 + reference - 1}",
+        "fid_reference": f"{reference} default-camera renders of {split} objects 2000..{2000 + reference - 1}",
         "sampling": {n: s.resolve_sampling(sampling[n]).model_dump() for n, s in cascade.stages.items()},
         "fidelity_instruments": "small CLIP zero-shot"
         + ("" if judge is None else f"; render classifier {image_classifier} (keys classifier_*)"),
