@@ -380,3 +380,31 @@ def test_selector_settings_and_bad_input(trained, selector, tmp_path) -> None:
         reloaded.run(cond, seed=1, sampling=WEAK, progress=False).selection["pick"]["scores"],
         out.selection["pick"]["scores"],
     )
+
+
+def test_guidance_interval_guides_only_inside_it(trained: Cascade) -> None:
+    labels = _labels(16)
+    cond = conditioning(labels)
+    stage = trained.stages["coarse"]
+
+    def run(**settings) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        calls = []
+        hook = stage.net.register_forward_hook(lambda m, args, out: calls.append((args[0].shape[0], int(args[1][0]))))
+        try:
+            g = torch.Generator().manual_seed(0)
+            x = stage.sample(None, cond, generator=g, sampling={**FAST, "guidance_scale": 3.0, **settings}).values
+        finally:
+            hook.remove()
+        return x, calls
+
+    full, full_calls = run()
+    assert {b for b, _ in full_calls} == {32}  # conditional and unconditional passes in one batch
+    # An interval holding every timestep is plain guidance; one holding none is the conditional pass alone.
+    assert torch.equal(run(guidance_interval=[0, 1000])[0], full)
+    assert torch.equal(run(guidance_interval=[5000, 6000])[0], run(guidance_scale=1.0)[0])
+    middle, calls = run(guidance_interval=[300, 700])
+    assert all((b == 32) == (300 <= t < 700) for b, t in calls) and {b for b, _ in calls} == {16, 32}
+    assert not torch.allclose(middle, full, atol=1e-3)
+    for bad in ([700, 300], [-1, 10], [1, 2, 3]):
+        with pytest.raises(ConfigError, match="guidance_interval"):
+            stage.sample(None, cond, sampling={**FAST, "guidance_interval": bad})

@@ -183,6 +183,9 @@ class SamplingConfig(StrictConfig):
     scheduler: SchedulerName = "ddim"
     steps: int = Field(32, ge=1, le=1000)
     guidance_scale: float = Field(3.0, ge=0.0, allow_inf_nan=False)
+    # [lo, hi): guide only at training timesteps lo <= t < hi, elsewhere one conditional pass (Kynkäänniemi
+    # et al. 2024, guidance in a limited interval; it also saves the unconditional passes outside it).
+    guidance_interval: list[int] | None = None
     # Conditioning augmentation level at sampling time, in [0, 1].
     aug_level: float = Field(0.0, ge=0.0, le=1.0)
     check_finite: bool = True
@@ -194,6 +197,13 @@ class SamplingConfig(StrictConfig):
     # repeated runs). "reduce-overhead" also captures CUDA graphs.
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+
+    @model_validator(mode="after")
+    def _check_interval(self) -> SamplingConfig:
+        iv = self.guidance_interval
+        if iv is not None and (len(iv) != 2 or not 0 <= iv[0] < iv[1]):
+            raise ValueError(f"guidance_interval must be [lo, hi) with 0 <= lo < hi, got {self.guidance_interval}")
+        return self
 
 
 class DiffusionConfig(StrictConfig):
@@ -390,7 +400,8 @@ class DiffusionStage(TrainableStage):
         # Noise is drawn on the CPU so a seed gives the same sample on any device.
         noise = torch.randn((batch, *self.sample_shape()), generator=generator).to(self.device)
         net = self._compiled_net(s.compile_mode) if s.compile else self.net
-        model_fn = guided(net, emb, null_emb, s.guidance_scale, (c, level))
+        interval = None if s.guidance_interval is None else tuple(s.guidance_interval)
+        model_fn = guided(net, emb, null_emb, s.guidance_scale, (c, level), interval)
         low_noise = None
         if self.lowest_timestep > 0 and (self.expert is None or not s.expert):
             raise InputError(
@@ -400,7 +411,7 @@ class DiffusionStage(TrainableStage):
         if self.expert is not None and s.expert:
             expert = self.expert
             expert_net = expert._compiled_net(s.compile_mode) if s.compile else expert.net
-            low_noise = (self.expert_switch, guided(expert_net, emb, null_emb, s.guidance_scale, (c, level)))
+            low_noise = (self.expert_switch, guided(expert_net, emb, null_emb, s.guidance_scale, (c, level), interval))
         use_bf16 = s.autocast and self.device.type == "cuda"
         was_training = self.training
         self.eval()
