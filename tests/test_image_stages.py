@@ -108,6 +108,30 @@ def test_sr_colour_fix_keeps_the_inputs_low_frequencies() -> None:
         run(1.5)
 
 
+def test_sr_adain_fix_moves_each_channels_statistics_to_the_inputs() -> None:
+    from cdm3d.stages.images.sr import resize_images
+
+    stage = _randomise(_sr())
+    low = Images(resize_images(torch.rand(2, 3, 2, 2), 8) * 0.3 + 0.35)
+
+    def run(w: float) -> torch.Tensor:
+        sampling = {**FAST, "adain_fix": w}
+        return stage.sample(low, _cond(2), generator=torch.Generator().manual_seed(0), sampling=sampling).pixels
+
+    plain, half, fixed = run(0.0), run(0.5), run(1.0)
+    default = stage.sample(low, _cond(2), generator=torch.Generator().manual_seed(0), sampling=FAST).pixels
+    assert torch.equal(plain, default)  # off by default
+    ref = resize_images(low.pixels, 16)
+    stats = lambda x: torch.cat([x.mean((2, 3)), x.std((2, 3))])  # noqa: E731
+    gap = lambda x: (stats(x) - stats(ref)).abs().max().item()  # noqa: E731
+    assert gap(fixed) < 1e-3 < gap(plain) and gap(fixed) < gap(half) < gap(plain)
+    # Only each channel's level and contrast change: standardised per channel, the images are the same.
+    z = lambda x: (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True)  # noqa: E731
+    assert torch.allclose(z(fixed), z(plain), atol=1e-3)
+    with pytest.raises(ConfigError, match="adain_fix"):
+        run(-0.1)
+
+
 def test_image_cascade_runs_base_then_sr() -> None:
     cascade = Cascade([("base", _randomise(_base())), ("sr", _randomise(_sr()))])
     out = cascade.run(_cond(2), seed=0, sampling={"base": FAST, "sr": FAST}, progress=False)

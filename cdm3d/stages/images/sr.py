@@ -11,6 +11,12 @@ and, at sampling time, the ``aug_level`` knob.
 StableSR's and of ILVR's low-pass projection: the output's frequencies at the input's resolution
 (downsampled, upsampled again) are replaced, by that fraction, with the input's own, so the stage adds detail
 without moving colours and large shapes away from the image it was given.
+
+``sampling.adain_fix`` (0 by default, in [0, 1]) is StableSR's other colour fix, adaptive instance
+normalisation (Wang et al. 2023, after Huang & Belongie 2017): each output channel's mean and standard
+deviation over the image are moved, by that fraction, to those of the input image resized to the output size.
+It corrects global shifts of colour and contrast and leaves the spatial detail alone. Both fixes can be on
+together (the low-frequency one first).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class SuperResSamplingConfig(SamplingConfig):
     """A diffusion stage's sampling settings and the colour fix (see the module docstring)."""
 
     low_freq_fix: float = Field(0.0, ge=0.0, le=1.0)
+    adain_fix: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class SuperResConfig(DiffusionStageConfig):
@@ -77,15 +84,19 @@ class SuperResStage(DiffusionStage):
     ) -> Images:
         s = self.resolve_sampling(sampling)
         out = super().sample(prev, cond, generator=generator, sampling=s, callback=callback)
-        if s.low_freq_fix == 0:
+        if s.low_freq_fix == 0 and s.adain_fix == 0:
             return out
         low = prev.to_tensor().float()
-        size = min(low.shape[-1], self.config.low_size)
         x = out.to_tensor()
-        fix = resize_images(resize_images(low, size), self.config.size) - resize_images(
-            resize_images(x, size), self.config.size
-        )
-        return Images.from_tensor(x + s.low_freq_fix * fix)
+        if s.low_freq_fix > 0:
+            size = min(low.shape[-1], self.config.low_size)
+            fix = resize_images(resize_images(low, size), self.config.size) - resize_images(
+                resize_images(x, size), self.config.size
+            )
+            x = (x + s.low_freq_fix * fix).clamp(-1, 1)
+        if s.adain_fix > 0:
+            x = x + s.adain_fix * (adain(x, resize_images(low, self.config.size)) - x)
+        return Images.from_tensor(x)
 
     def condition_input(self, prev: Any) -> torch.Tensor:
         self.check_prev(prev)
@@ -95,6 +106,14 @@ class SuperResStage(DiffusionStage):
         if not isinstance(prev, Images):
             raise InputError(f"stage '{self.name}' consumes Images")
         return Images.from_tensor(x.cpu())
+
+
+def adain(x: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``x [B, C, H, W]`` with each channel's mean and standard deviation over the image set to
+    ``reference``'s (same batch and channels, any size)."""
+    mean, std = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
+    ref_mean, ref_std = reference.mean((2, 3), keepdim=True), reference.std((2, 3), keepdim=True)
+    return (x - mean) / (std + eps) * ref_std + ref_mean
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
