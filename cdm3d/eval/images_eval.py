@@ -167,7 +167,9 @@ def evaluate_images(
             ("without_augmentation", noaug, 0.0)
         ]:
             one = Cascade([(sr_name, stage)], clip=clip)
-            settings = {sr_name: {**sampling[sr_name], "aug_level": lv}}
+            # Both SR stages sample with the shipped one's settings (solver, guidance, colour fixes): only the
+            # weights and the level differ.
+            settings = {sr_name: {**sr.resolve_sampling(sampling[sr_name]).model_dump(), "aug_level": lv}}
             on_generated = _run(one, cond, batch, init=outs[base_name], sampling=settings)[sr_name]
             on_real = _run(one, cond, batch, init=low_real, sampling=settings)[sr_name]
             key = f"{label}_level_{lv:g}" if label == "with_augmentation" else label
