@@ -408,3 +408,36 @@ def test_guidance_interval_guides_only_inside_it(trained: Cascade) -> None:
     for bad in ([700, 300], [-1, 10], [1, 2, 3]):
         with pytest.raises(ConfigError, match="guidance_interval"):
             stage.sample(None, cond, sampling={**FAST, "guidance_interval": bad})
+
+
+def test_expert_guidance_scale_applies_to_the_experts_steps_only(trained: Cascade) -> None:
+    coarse = trained.stages["coarse"]
+    cond = conditioning(_labels(8))
+    expert = _toy_expert(300)
+    batches: dict[str, list[int]] = {"base": [], "expert": []}
+    hooks = [
+        net.register_forward_pre_hook(lambda m, args, key=key: batches[key].append(args[0].shape[0]))
+        for key, net in (("base", coarse.net), ("expert", expert.net))
+    ]
+    coarse.set_expert(expert)
+
+    def run(**settings) -> torch.Tensor:
+        for v in batches.values():
+            v.clear()
+        g = torch.Generator().manual_seed(0)
+        return coarse.sample(None, cond, generator=g, sampling={**FAST, "guidance_scale": 3.0, **settings}).values
+
+    try:
+        same = run()
+        assert set(batches["base"]) == set(batches["expert"]) == {16}  # both guided by default
+        assert torch.equal(run(expert_guidance_scale=3.0), same)
+        unguided = run(expert_guidance_scale=1.0)
+        assert set(batches["base"]) == {16} and set(batches["expert"]) == {8}  # the expert's steps: one pass
+        assert not torch.allclose(unguided, same, atol=1e-3)
+        assert not torch.allclose(run(expert_guidance_scale=5.0), same, atol=1e-3)
+        with pytest.raises(ConfigError, match="expert_guidance_scale"):
+            run(expert_guidance_scale=-1.0)
+    finally:
+        coarse.set_expert(None)
+        for h in hooks:
+            h.remove()

@@ -186,6 +186,8 @@ class SamplingConfig(StrictConfig):
     # [lo, hi): guide only at training timesteps lo <= t < hi, elsewhere one conditional pass (Kynkäänniemi
     # et al. 2024, guidance in a limited interval; it also saves the unconditional passes outside it).
     guidance_interval: list[int] | None = None
+    # The guidance scale of the low-noise expert's steps (None: guidance_scale), a stage with an expert only.
+    expert_guidance_scale: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     # Conditioning augmentation level at sampling time, in [0, 1].
     aug_level: float = Field(0.0, ge=0.0, le=1.0)
     check_finite: bool = True
@@ -411,7 +413,8 @@ class DiffusionStage(TrainableStage):
         if self.expert is not None and s.expert:
             expert = self.expert
             expert_net = expert._compiled_net(s.compile_mode) if s.compile else expert.net
-            low_noise = (self.expert_switch, guided(expert_net, emb, null_emb, s.guidance_scale, (c, level), interval))
+            scale = s.guidance_scale if s.expert_guidance_scale is None else s.expert_guidance_scale
+            low_noise = (self.expert_switch, guided(expert_net, emb, null_emb, scale, (c, level), interval))
         use_bf16 = s.autocast and self.device.type == "cuda"
         was_training = self.training
         self.eval()
