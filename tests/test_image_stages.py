@@ -82,21 +82,22 @@ def test_sr_follows_its_input_and_the_augmentation_level() -> None:
     assert not torch.allclose(a, noised)
 
 
+def _sr_at_seed_0(stage, low: Images, **settings) -> torch.Tensor:
+    """The SR stage's output pixels for ``low`` (two examples) at seed 0, FAST sampling with ``settings``."""
+    return stage.sample(low, _cond(2), generator=torch.Generator().manual_seed(0), sampling={**FAST, **settings}).pixels
+
+
 def test_sr_colour_fix_keeps_the_inputs_low_frequencies() -> None:
     from cdm3d.stages.images.sr import resize_images
 
     stage = _randomise(_sr())
     # A smooth input (what a base stage's 32 px images are next to random pixels): resizing keeps it.
     low = Images(resize_images(torch.rand(2, 3, 2, 2), 8) * 0.5 + 0.25)
-
-    def run(w: float) -> torch.Tensor:
-        sampling = {**FAST, "low_freq_fix": w}
-        return stage.sample(low, _cond(2), generator=torch.Generator().manual_seed(0), sampling=sampling).pixels
+    run = lambda w: _sr_at_seed_0(stage, low, low_freq_fix=w)  # noqa: E731
 
     plain, half, fixed = run(0.0), run(0.5), run(1.0)
     # Off by default: the stage's own output, exactly.
-    default = stage.sample(low, _cond(2), generator=torch.Generator().manual_seed(0), sampling=FAST).pixels
-    assert torch.equal(plain, default)
+    assert torch.equal(plain, _sr_at_seed_0(stage, low))
     err = lambda x: (resize_images(x, 8) - low.pixels).abs().mean().item()  # noqa: E731
     # Fully on, the output seen at the input's resolution is near the input; halfway lies between.
     assert err(fixed) < 0.35 * err(plain)  # (not exactly the input: resizing twice and clamping to [0, 1])
@@ -113,14 +114,10 @@ def test_sr_adain_fix_moves_each_channels_statistics_to_the_inputs() -> None:
 
     stage = _randomise(_sr())
     low = Images(resize_images(torch.rand(2, 3, 2, 2), 8) * 0.3 + 0.35)
-
-    def run(w: float) -> torch.Tensor:
-        sampling = {**FAST, "adain_fix": w}
-        return stage.sample(low, _cond(2), generator=torch.Generator().manual_seed(0), sampling=sampling).pixels
+    run = lambda w: _sr_at_seed_0(stage, low, adain_fix=w)  # noqa: E731
 
     plain, half, fixed = run(0.0), run(0.5), run(1.0)
-    default = stage.sample(low, _cond(2), generator=torch.Generator().manual_seed(0), sampling=FAST).pixels
-    assert torch.equal(plain, default)  # off by default
+    assert torch.equal(plain, _sr_at_seed_0(stage, low))  # off by default
     ref = resize_images(low.pixels, 16)
     stats = lambda x: torch.cat([x.mean((2, 3)), x.std((2, 3))])  # noqa: E731
     gap = lambda x: (stats(x) - stats(ref)).abs().max().item()  # noqa: E731

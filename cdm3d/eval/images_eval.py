@@ -163,13 +163,14 @@ def evaluate_images(
         low_real = Images(resize_images(real * 2 - 1, sr.config.low_size).add(1).div(2).clamp(0, 1))
         rows = {}
         levels = sorted({0.0, 0.15, 0.3, sr.config.sampling.aug_level})
+        # Both SR stages sample with the shipped one's settings (solver, guidance, colour fixes): only the
+        # weights and the level differ.
+        sr_settings = sr.resolve_sampling(sampling[sr_name]).model_dump()
         for label, stage, lv in [("with_augmentation", sr, lv) for lv in levels] + [
             ("without_augmentation", noaug, 0.0)
         ]:
             one = Cascade([(sr_name, stage)], clip=clip)
-            # Both SR stages sample with the shipped one's settings (solver, guidance, colour fixes): only the
-            # weights and the level differ.
-            settings = {sr_name: {**sr.resolve_sampling(sampling[sr_name]).model_dump(), "aug_level": lv}}
+            settings = {sr_name: {**sr_settings, "aug_level": lv}}
             on_generated = _run(one, cond, batch, init=outs[base_name], sampling=settings)[sr_name]
             on_real = _run(one, cond, batch, init=low_real, sampling=settings)[sr_name]
             key = f"{label}_level_{lv:g}" if label == "with_augmentation" else label
