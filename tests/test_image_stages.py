@@ -129,6 +129,44 @@ def test_sr_adain_fix_moves_each_channels_statistics_to_the_inputs() -> None:
         run(-0.1)
 
 
+@pytest.mark.parametrize("scheduler", ["dpm++", "ddim", "euler", "heun", "unipc"])
+def test_sr_strength_refines_the_upsampled_input_in_the_last_steps(scheduler) -> None:
+    from cdm3d.stages.images.sr import resize_images
+
+    stage = _randomise(_sr())
+    low = Images(torch.rand(2, 3, 8, 8))
+    calls = []
+    stage.net.register_forward_hook(lambda *_: calls.append(1))
+    settings = {"scheduler": scheduler, "steps": 8, "guidance_scale": 1.0}
+
+    def run(strength: float) -> torch.Tensor:
+        calls.clear()
+        return _sr_at_seed_0(stage, low, **settings, strength=strength)
+
+    assert torch.equal(run(1.0), _sr_at_seed_0(stage, low, **settings))  # 1 (the default) samples from noise
+    full = run(1.0)
+    order = 2 if scheduler == "heun" else 1
+    assert len(calls) == stage.num_steps({**settings, "strength": 1.0}) == 8 * order - (order - 1)
+    half = run(0.5)
+    assert len(calls) == stage.num_steps({**settings, "strength": 0.5}) == 4 * order - (order - 1)  # the last 4
+    light = run(0.25)
+    assert torch.isfinite(half).all() and torch.equal(light, run(0.25))  # deterministic
+    # The less strength, the closer the output stays to the upsampled input it starts from.
+    up = (resize_images(low.pixels, 16) * 2 - 1).clamp(-1, 1)
+    dist = lambda x: (x * 2 - 1 - up).abs().mean().item()  # noqa: E731
+    assert dist(light) < dist(half) < dist(full)
+    with pytest.raises(ConfigError, match="runs no step"):
+        run(0.1)
+    with pytest.raises(ConfigError, match="strength"):
+        run(0.0)
+
+
+def test_strength_needs_a_stage_with_an_initial_guess() -> None:
+    stage = _randomise(_base())
+    with pytest.raises(InputError, match="no initial guess"):
+        stage.sample(None, _cond(1), sampling={**FAST, "strength": 0.5})
+
+
 def test_image_cascade_runs_base_then_sr() -> None:
     cascade = Cascade([("base", _randomise(_base())), ("sr", _randomise(_sr()))])
     out = cascade.run(_cond(2), seed=0, sampling={"base": FAST, "sr": FAST}, progress=False)

@@ -28,6 +28,8 @@ def sample_loop(
     check_finite: bool = True,
     what: str = "sampling",
     low_noise: tuple[float, ModelFn] | None = None,
+    init: torch.Tensor | None = None,
+    start: int = 0,
 ) -> torch.Tensor:
     """Run ``scheduler``'s timesteps from ``noise`` (unit variance) to a sample.
 
@@ -46,8 +48,20 @@ def sample_loop(
             timesteps, so no host synchronisation.
     """
     step_kwargs = {"generator": generator} if step_accepts_generator(scheduler) else {}
-    x = noise * scheduler.init_noise_sigma
     timesteps = scheduler.timesteps
+    if init is None:
+        if start:
+            raise SamplingError(f"{what}: starting at step {start} needs an initial sample")
+        x = noise * scheduler.init_noise_sigma
+    else:
+        if not 0 <= start < len(timesteps):
+            raise SamplingError(f"{what}: start step {start} is outside the {len(timesteps)} steps")
+        if init.shape != noise.shape:
+            raise SamplingError(f"{what}: initial sample of shape {tuple(init.shape)}, noise {tuple(noise.shape)}")
+        timesteps = timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):  # multistep and sigma-indexed solvers count from here
+            scheduler.set_begin_index(start)
+        x = scheduler.add_noise(init.to(noise), noise, timesteps[:1].expand(noise.shape[0]))
     total = len(timesteps)
     # On the CPU the check stops at the first bad step. On an accelerator it keeps the first bad
     # step on the device and reads it once after the loop: no host synchronisation per step.

@@ -190,6 +190,11 @@ class SamplingConfig(StrictConfig):
     expert_guidance_scale: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     # Conditioning augmentation level at sampling time, in [0, 1].
     aug_level: float = Field(0.0, ge=0.0, le=1.0)
+    # SDEdit (Meng et al. 2022; diffusers' image-to-image strength): below 1, start from the stage's own guess
+    # of its output (DiffusionStage.init_sample, e.g. the upsampled input of a super-resolution stage) noised
+    # to the timestep that fraction of the way into the schedule, and run only the last int(steps * strength)
+    # steps. 1: from pure noise. A stage without a guess refuses values below 1.
+    strength: float = Field(1.0, gt=0.0, le=1.0)
     check_finite: bool = True
     # Use the stage's low-noise expert (see DiffusionStage.set_expert) below its switch timestep, when it has one.
     expert: bool = True
@@ -351,6 +356,11 @@ class DiffusionStage(TrainableStage):
     def to_output(self, x: torch.Tensor, prev: Any) -> Any:
         """Wrap the sampled tensor ``x [B, *S]`` into this stage's output type."""
 
+    def init_sample(self, prev: Any) -> torch.Tensor | None:
+        """A guess ``[B, *S]`` of this stage's output made from ``prev``, where ``sampling.strength`` below 1
+        starts (``None``: the stage has none and samples from noise only)."""
+        return None
+
     # -- sampling ---------------------------------------------------------------------
     def resolve_sampling(self, sampling: SamplingConfig | dict[str, Any] | None) -> SamplingConfig:
         sampling = self._settings(sampling, self.config.sampling)
@@ -362,7 +372,19 @@ class DiffusionStage(TrainableStage):
     def num_steps(self, sampling: Any = None) -> int:
         s = self.resolve_sampling(sampling)
         # Heun evaluates the model twice per step and diffusers counts both.
-        return len(self._scheduler_for(s).timesteps)
+        scheduler = self._scheduler_for(s)
+        return len(scheduler.timesteps) - self._start_step(s, scheduler)
+
+    def _start_step(self, s: SamplingConfig, scheduler: Any) -> int:
+        """The index into ``scheduler.timesteps`` where sampling at ``s.strength`` begins (diffusers' rule)."""
+        if s.strength >= 1:
+            return 0
+        run = min(int(s.steps * s.strength), s.steps)
+        if run < 1:
+            raise ConfigError(
+                f"stage '{self.name}': strength {s.strength} of {s.steps} steps runs no step; raise either"
+            )
+        return (s.steps - run) * getattr(scheduler, "order", 1)
 
     def _scheduler_for(self, s: SamplingConfig) -> Any:
         scheduler = make_scheduler(s.scheduler, self.config.diffusion.schedule)
@@ -399,6 +421,16 @@ class DiffusionStage(TrainableStage):
             if s.aug_level > 0:
                 c = noise_condition(c, level, generator)
         scheduler = self._scheduler_for(s)
+        start = self._start_step(s, scheduler)
+        init = None
+        if start:
+            init = self.init_sample(prev)
+            if init is None:
+                raise InputError(
+                    f"stage '{self.name}' has no initial guess of its output to start from; "
+                    f"sampling.strength must be 1, got {s.strength}"
+                )
+            init = init.to(self.device, torch.float32)
         # Noise is drawn on the CPU so a seed gives the same sample on any device.
         noise = torch.randn((batch, *self.sample_shape()), generator=generator).to(self.device)
         net = self._compiled_net(s.compile_mode) if s.compile else self.net
@@ -429,6 +461,8 @@ class DiffusionStage(TrainableStage):
                     check_finite=s.check_finite,
                     what=f"stage '{self.name}'",
                     low_noise=low_noise,
+                    init=init,
+                    start=start,
                 )
         finally:
             self.train(was_training)

@@ -102,6 +102,11 @@ class SuperResStage(DiffusionStage):
         self.check_prev(prev)
         return resize_images(prev.to_tensor(), self.config.size)
 
+    def init_sample(self, prev: Any) -> torch.Tensor:
+        """The input image resized to the output size (clean, whatever ``aug_level`` is), where
+        ``sampling.strength`` below 1 starts: the stage then refines it (SDEdit) instead of drawing from noise."""
+        return self.condition_input(prev)
+
     def to_output(self, x: torch.Tensor, prev: Any) -> Images:
         if not isinstance(prev, Images):
             raise InputError(f"stage '{self.name}' consumes Images")
