@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     base_only = Cascade([(base_name, cascade.stages[base_name])], clip=clip)
     sr_only = Cascade([(sr_name, sr)], clip=clip)
     seeds = [SEED_STRIDE * s for s in range(args.seeds)]
-    base = [_run(base_only, cond, args.batch, seed=s, sampling=sampling)[base_name] for s in seeds]
+    only_base = {base_name: sampling[base_name]}
+    base = [_run(base_only, cond, args.batch, seed=s, sampling=only_base)[base_name] for s in seeds]
     report: dict = {
         "model": str(args.model),
         "split": args.split,

@@ -166,7 +166,7 @@ def test_eval_images_writes_fidelity_fid_ablation_and_image_to_3d(tmp_path) -> N
     net = {"channels": 16, "mults": [1, 2], "attention": [], "heads": 2, "groups": 4}
     base = build_stage({"type": "images.base", "embed_dim": 128, "size": 8, "network": net})
     sr = {"type": "images.sr", "embed_dim": 128, "size": 16, "low_size": 8, "network": net}
-    sr_aug, sr_noaug = build_stage({**sr, "sampling": {"aug_level": 0.2}}), build_stage(sr)
+    sr_aug, sr_noaug = build_stage({**sr, "sampling": {"aug_level": 0.2, "strength": 0.5}}), build_stage(sr)
     for stage in (base, sr_aug, sr_noaug):
         for p in stage.parameters():
             torch.nn.init.normal_(p, std=0.05)
@@ -193,11 +193,44 @@ def test_eval_images_writes_fidelity_fid_ablation_and_image_to_3d(tmp_path) -> N
         assert abs(seeds[row]["classifier_color_fidelity"] - mean) < 1e-4
     assert report["real_renders"]["fid"] < report["base"]["fid"]  # noise images are far from renders
     ablation = report["cdm_ablation"]
-    assert {"with_augmentation_level_0.2", "without_augmentation"} <= set(ablation)
+    # The SR stage samples with SDEdit (strength 0.5), so every row is measured again from noise.
+    rows = {"with_augmentation_level_0.2", "without_augmentation"}
+    assert rows | {r + "_from_noise" for r in rows} <= set(ablation)
     assert set(ablation["without_augmentation"]) == {"on_generated_low_res", "on_real_low_res"}
+    # On generated images each row is measured at every seed's base images, the mean over them reported.
+    generated = ablation["without_augmentation_from_noise"]["on_generated_low_res"]
+    assert len(generated["per_seed"]) == 3
+    assert abs(generated["fid"] - sum(r["fid"] for r in generated["per_seed"]) / 3) < 1e-3
+    assert report["sampling"]["sr"]["strength"] == 0.5
     # The shape cascade carries the shipped CLIP's image framing, so the unframed ablation is reported too.
     for label in ("image_to_3d", "text_image_to_3d", "image_to_3d_without_reframing"):
         assert 0 <= report["to_3d"][label]["category_fidelity"] <= 1
+
+
+def test_sr_strength_sweep_writes_a_row_per_strength_over_seeds(tmp_path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import sr_strength_sweep
+
+    net = {"channels": 16, "mults": [1, 2], "attention": [], "heads": 2, "groups": 4}
+    base = build_stage({"type": "images.base", "embed_dim": 128, "size": 8, "network": net})
+    sr = build_stage({"type": "images.sr", "embed_dim": 128, "size": 16, "low_size": 8, "network": net})
+    Cascade([("base", base), ("sr", sr)], clip=ClipEncoder.default()).save_pretrained(tmp_path / "img")
+    out = tmp_path / "sweep.json"
+    argv = ["--model", str(tmp_path / "img"), "--per-category", "1", "--seeds", "2", "--reference", "4"]
+    argv += ["--sampling", "base.steps=2", "--sampling", "sr.steps=4", "--strengths", "1", "0.5", "--out", str(out)]
+    assert sr_strength_sweep.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["split"] == "val" and report["prompts"] == 13 and report["sampling"]["sr"]["steps"] == 4
+    assert set(report["sr"]) == {"1", "0.5"}
+    assert report["sr"]["1"]["sr_steps_run"] == 4 and report["sr"]["0.5"]["sr_steps_run"] == 2
+    for row in [report["base"], *report["sr"].values()]:
+        assert len(row["per_seed"]) == 2 and row["fid_first_seed"] >= 0
+        mean = sum(r["classifier_category_fidelity"] for r in row["per_seed"]) / 2
+        assert abs(row["classifier_category_fidelity"] - mean) < 1e-4
+    assert sr_strength_sweep.main([*argv[:-1], str(tmp_path / "x.json"), "--strengths", "0"]) == 2
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_eval_images_on_validation_prompts_uses_the_validation_split_throughout(tmp_path, monkeypatch) -> None:

@@ -150,38 +150,25 @@ def evaluate_images(
         "real_renders": {**fidelity_of(real), "fid": fid(Images(real))},
         "generation_seconds": round(generation_s, 1),
     }
+    runs = [outs] + [_run(cascade, cond, batch, seed=SEED_STRIDE * s, sampling=sampling) for s in range(1, seeds)]
     if seeds > 1:
-        report["over_seeds"] = _over_seeds(
-            [outs] + [_run(cascade, cond, batch, seed=SEED_STRIDE * s, sampling=sampling) for s in range(1, seeds)],
-            {"base": base_name, "sr": sr_name},
-            fidelity_of,
-        )
+        report["over_seeds"] = _over_seeds(runs, {"base": base_name, "sr": sr_name}, fidelity_of)
     if sr_noaug is not None:
         from cdm3d.stages.images.sr import resize_images
 
-        noaug = load_stage(sr_noaug, "images.sr")
-        low_real = Images(resize_images(real * 2 - 1, sr.config.low_size).add(1).div(2).clamp(0, 1))
-        rows = {}
-        levels = sorted({0.0, 0.15, 0.3, sr.config.sampling.aug_level})
-        # Both SR stages sample with the shipped one's settings (solver, guidance, colour fixes): only the
-        # weights and the level differ.
-        sr_settings = sr.resolve_sampling(sampling[sr_name]).model_dump()
-        for label, stage, lv in [("with_augmentation", sr, lv) for lv in levels] + [
-            ("without_augmentation", noaug, 0.0)
-        ]:
-            one = Cascade([(sr_name, stage)], clip=clip)
-            settings = {sr_name: {**sr_settings, "aug_level": lv}}
-            on_generated = _run(one, cond, batch, init=outs[base_name], sampling=settings)[sr_name]
-            on_real = _run(one, cond, batch, init=low_real, sampling=settings)[sr_name]
-            key = f"{label}_level_{lv:g}" if label == "with_augmentation" else label
-            rows[key] = {
-                "on_generated_low_res": {
-                    **_short(fidelity_of(on_generated.pixels)),
-                    "fid": fid(on_generated),
-                },
-                "on_real_low_res": {**_short(fidelity_of(on_real.pixels)), "fid": fid(on_real)},
-            }
-        report["cdm_ablation"] = rows
+        report["cdm_ablation"] = _cdm_ablation(
+            sr_name,
+            sr,
+            load_stage(sr_noaug, "images.sr"),
+            clip,
+            cond,
+            batch,
+            [run[base_name] for run in runs],
+            Images(resize_images(real * 2 - 1, sr.config.low_size).add(1).div(2).clamp(0, 1)),
+            sr.resolve_sampling(sampling[sr_name]).model_dump(),
+            fidelity_of,
+            fid,
+        )
     if shape_model is not None and classifier is not None:
         report["to_3d"] = _to_3d(shape_model, classifier, prompts, real, outs[sr_name].pixels, batch, overrides)
     if speed:
@@ -197,6 +184,51 @@ def evaluate_images(
 
 
 SEED_STRIDE = 100_000  # run s seeds its batches from SEED_STRIDE * s (+ the batch's first prompt)
+
+
+def _cdm_ablation(
+    sr_name: str,
+    sr,
+    noaug,
+    clip: ClipEncoder,
+    cond: Conditioning,
+    batch: int,
+    generated: list[Images],
+    low_real: Images,
+    sr_settings: dict[str, Any],
+    fidelity_of,
+    fid,
+) -> dict[str, Any]:
+    """CDM's central ablation in miniature: the SR stage ``sr`` (trained with conditioning augmentation) at
+    several sampling levels and ``noaug`` (trained without) on the base stage's generated low-resolution
+    images (``generated``, one per seed: the means over seeds, each seed's figures under ``per_seed``) and on
+    real ones (``low_real``, the first seed). Both sample with the shipped SR's settings ``sr_settings``
+    (solver, guidance, colour fixes): only the weights and the level differ. Where those settings sample with
+    SDEdit (``strength`` below 1), every row is measured again from noise (strength 1, CDM's own setting;
+    keys suffixed ``_from_noise``)."""
+    levels = sorted({0.0, 0.15, 0.3, sr.config.sampling.aug_level})
+    rows: dict[str, Any] = {}
+    for strength in sorted({sr_settings["strength"], 1.0}):
+        suffix = "" if strength == sr_settings["strength"] else "_from_noise"
+        for label, stage, lv in [("with_augmentation", sr, lv) for lv in levels] + [
+            ("without_augmentation", noaug, 0.0)
+        ]:
+            one = Cascade([(sr_name, stage)], clip=clip)
+            settings = {sr_name: {**sr_settings, "aug_level": lv, "strength": strength}}
+            per_seed = []
+            for k, low in enumerate(generated):
+                out = _run(one, cond, batch, seed=SEED_STRIDE * k, init=low, sampling=settings)[sr_name]
+                per_seed.append({**_short(fidelity_of(out.pixels)), "fid": fid(out)})
+            on_real = _run(one, cond, batch, init=low_real, sampling=settings)[sr_name]
+            key = (f"{label}_level_{lv:g}" if label == "with_augmentation" else label) + suffix
+            rows[key] = {
+                "on_generated_low_res": {
+                    **{f: round(statistics.mean(r[f] for r in per_seed), 4) for f in per_seed[0]},
+                    "per_seed": per_seed,
+                },
+                "on_real_low_res": {**_short(fidelity_of(on_real.pixels)), "fid": fid(on_real)},
+            }
+    return rows
 
 
 def _over_seeds(runs: list[dict[str, Images]], rows: dict[str, str], fidelity_of) -> dict[str, Any]:
