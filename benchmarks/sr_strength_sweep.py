@@ -9,9 +9,17 @@ every ``--strengths`` value (``sampling.strength``: 1 from noise, below 1 from t
 noised part of the way, the last ``int(steps * strength)`` steps only), the rest of its settings the
 model's (``--sampling sr.KEY=VALUE`` changes them for every row). Each row: category / colour fidelity by
 the render classifier, per seed and their mean, the zero-shot CLIP's, the FID at the first seed (small CLIP
-image features against the split's renders, as the eval), and the SR stage's seconds per image at batch 1
-(median of 5). The base row is the same measure of the base images. Use ``--split val`` to choose a
-default off the test prompts.
+image features against the split's renders, as the eval), the SR stage's seconds per image at batch 1
+(median of 5), and ``against_base``: by the render classifier, how many images (prompts x seeds) the SR
+stage gets wrong that the base got right (``lost``) and the reverse (``gained``), with McNemar's exact
+two-sided p-value (is the change in fidelity more than chance?). Test whether the SR stage lowers fidelity
+on the test prompts, at the shipped settings only:
+
+    bash tools/env.sh python benchmarks/sr_strength_sweep.py --split test --seeds 5 --strengths 1 \
+        --out benchmarks/results/sr_vs_base_test.json
+
+The base row is the same measure of the base images. Use ``--split val`` to choose a default off the test
+prompts.
 """
 
 from __future__ import annotations
@@ -27,12 +35,38 @@ import torch
 
 from cdm3d.core import Cascade
 from cdm3d.core.checkpoint import check_parent, write_text
+from cdm3d.data.vocab import CATEGORIES, COLORS
 from cdm3d.errors import InputError
 from cdm3d.eval.classifier import ImageClassifier
 from cdm3d.eval.clip_eval import variant_tables
 from cdm3d.eval.images_eval import SEED_STRIDE, _run, _short, fidelity, frechet_distance, image_features, renders
 from cdm3d.eval.points_eval import prompts_per_category
 from cdm3d.pipelines import parse_sampling_items
+
+
+def _right(judge: ImageClassifier, runs: list[torch.Tensor], prompts) -> dict[str, torch.Tensor]:
+    """Whether the render classifier finds each image's category / colour, every seed's images in a row."""
+    cats = torch.tensor([list(CATEGORIES).index(p[2]) for p in prompts])
+    cols = torch.tensor([list(COLORS).index(p[3]) for p in prompts])
+    preds = [judge.predict(pixels) for pixels in runs]
+    return {
+        "category": torch.cat([cat == cats for cat, _ in preds]),
+        "colour": torch.cat([col == cols for _, col in preds]),
+    }
+
+
+def paired(base: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> dict:
+    """Images the other stage gets wrong where the base got them right (``lost``) and the reverse
+    (``gained``), over the same prompts and seeds, with McNemar's exact two-sided p-value."""
+    from scipy.stats import binomtest
+
+    out = {}
+    for key in base:
+        lost = int((base[key] & ~other[key]).sum())
+        gained = int((~base[key] & other[key]).sum())
+        p = binomtest(lost, lost + gained).pvalue if lost + gained else 1.0
+        out[key] = {"lost": lost, "gained": gained, "images": len(base[key]), "p_mcnemar": round(float(p), 4)}
+    return out
 
 
 def _row(runs: list[torch.Tensor], fidelity_of, fid_of) -> dict:
@@ -102,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "base": _row([b.pixels for b in base], fidelity_of, fid_of),
         "sr": {},
     }
+    base_right = _right(judge, [b.pixels for b in base], prompts)
     one = cond.select([0])
     for strength in args.strengths:
         settings = {sr_name: {**sampling[sr_name], "strength": strength}}
@@ -115,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             sr_only.run(one, seed=r, init=base[0][0:1], progress=False, sampling=settings)
             times.append(time.perf_counter() - t0)
         row = _row(outs, fidelity_of, fid_of)
+        row["against_base"] = paired(base_right, _right(judge, outs, prompts))
         row["sr_steps_run"] = sr.num_steps(settings[sr_name])
         row["sr_seconds_per_image_batch1"] = round(statistics.median(times[1:]), 3)
         report["sr"][f"{strength:g}"] = row
