@@ -44,28 +44,43 @@ from cdm3d.eval.points_eval import prompts_per_category
 from cdm3d.pipelines import parse_sampling_items
 
 
-def _right(judge: ImageClassifier, runs: list[torch.Tensor], prompts) -> dict[str, torch.Tensor]:
-    """Whether the render classifier finds each image's category / colour, every seed's images in a row."""
-    cats = torch.tensor([list(CATEGORIES).index(p[2]) for p in prompts])
-    cols = torch.tensor([list(COLORS).index(p[3]) for p in prompts])
+def _right(judge: ImageClassifier, runs: list[torch.Tensor], prompts) -> tuple[dict, dict]:
+    """Whether the render classifier finds each image's category / colour (every seed's images in a row),
+    and, per image, the true label and the classifier's reading (``"red -> orange"``)."""
+    truth = {"category": [p[2] for p in prompts], "colour": [p[3] for p in prompts]}
+    names = {"category": list(CATEGORIES), "colour": list(COLORS)}
     preds = [judge.predict(pixels) for pixels in runs]
-    return {
-        "category": torch.cat([cat == cats for cat, _ in preds]),
-        "colour": torch.cat([col == cols for _, col in preds]),
+    read = {
+        "category": [c for cat, _ in preds for c in cat.tolist()],
+        "colour": [c for _, col in preds for c in col.tolist()],
     }
+    right, readings = {}, {}
+    for key in truth:
+        true = truth[key] * len(runs)
+        said = [names[key][i] for i in read[key]]
+        right[key] = torch.tensor([a == b for a, b in zip(true, said)])
+        readings[key] = [f"{a} -> {b}" for a, b in zip(true, said)]
+    return right, readings
 
 
-def paired(base: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> dict:
+def paired(base: dict[str, torch.Tensor], other: dict[str, torch.Tensor], readings: dict | None = None) -> dict:
     """Images the other stage gets wrong where the base got them right (``lost``) and the reverse
-    (``gained``), over the same prompts and seeds, with McNemar's exact two-sided p-value."""
+    (``gained``), over the same prompts and seeds, with McNemar's exact two-sided p-value; with the other
+    stage's ``readings`` (per image, ``"true -> read"``), how the lost images were read (``lost_as``)."""
+    from collections import Counter
+
     from scipy.stats import binomtest
 
     out = {}
     for key in base:
-        lost = int((base[key] & ~other[key]).sum())
+        lost_mask = base[key] & ~other[key]
+        lost = int(lost_mask.sum())
         gained = int((~base[key] & other[key]).sum())
         p = binomtest(lost, lost + gained).pvalue if lost + gained else 1.0
         out[key] = {"lost": lost, "gained": gained, "images": len(base[key]), "p_mcnemar": round(float(p), 4)}
+        if readings is not None:
+            seen = Counter(r for r, m in zip(readings[key], lost_mask.tolist()) if m)
+            out[key]["lost_as"] = dict(seen.most_common())
     return out
 
 
@@ -136,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "base": _row([b.pixels for b in base], fidelity_of, fid_of),
         "sr": {},
     }
-    base_right = _right(judge, [b.pixels for b in base], prompts)
+    base_right = _right(judge, [b.pixels for b in base], prompts)[0]
     one = cond.select([0])
     for strength in args.strengths:
         settings = {sr_name: {**sampling[sr_name], "strength": strength}}
@@ -150,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             sr_only.run(one, seed=r, init=base[0][0:1], progress=False, sampling=settings)
             times.append(time.perf_counter() - t0)
         row = _row(outs, fidelity_of, fid_of)
-        row["against_base"] = paired(base_right, _right(judge, outs, prompts))
+        row["against_base"] = paired(base_right, *_right(judge, outs, prompts))
         row["sr_steps_run"] = sr.num_steps(settings[sr_name])
         row["sr_seconds_per_image_batch1"] = round(statistics.median(times[1:]), 3)
         report["sr"][f"{strength:g}"] = row

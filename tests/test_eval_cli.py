@@ -232,12 +232,16 @@ def test_sr_strength_sweep_writes_a_row_per_strength_over_seeds(tmp_path) -> Non
     against = report["sr"]["0.5"]["against_base"]
     assert set(against) == {"category", "colour"} and against["category"]["images"] == 26  # 13 prompts x 2 seeds
     assert 0 <= against["colour"]["p_mcnemar"] <= 1
+    assert sum(against["category"]["lost_as"].values()) == against["category"]["lost"]
     # McNemar's exact test counts only the images that changed: 6 gained and none lost is p = 2 / 2^6.
     base = {"category": torch.tensor([True] * 4 + [False] * 6), "colour": torch.ones(10, dtype=torch.bool)}
     other = {"category": torch.ones(10, dtype=torch.bool), "colour": torch.ones(10, dtype=torch.bool)}
     result = sr_strength_sweep.paired(base, other)
     assert result["category"] == {"lost": 0, "gained": 6, "images": 10, "p_mcnemar": 0.0312}
     assert result["colour"]["p_mcnemar"] == 1.0  # nothing changed
+    readings = {"category": ["cube -> cube"] * 4 + ["cube -> mug"] * 6, "colour": ["red -> red"] * 10}
+    lost = sr_strength_sweep.paired(other, base, readings)["category"]  # the other way round: 6 lost
+    assert lost["lost"] == 6 and lost["lost_as"] == {"cube -> mug": 6}
     assert sr_strength_sweep.main([*argv[:-1], str(tmp_path / "x.json"), "--strengths", "0"]) == 2
     assert not (tmp_path / "x.json").exists()
 
