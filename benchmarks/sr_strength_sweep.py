@@ -35,11 +35,20 @@ import torch
 
 from cdm3d.core import Cascade
 from cdm3d.core.checkpoint import check_parent, write_text
-from cdm3d.data.vocab import CATEGORIES, COLORS
 from cdm3d.errors import InputError
 from cdm3d.eval.classifier import ImageClassifier
 from cdm3d.eval.clip_eval import variant_tables
-from cdm3d.eval.images_eval import SEED_STRIDE, _run, _short, fidelity, frechet_distance, image_features, renders
+from cdm3d.eval.images_eval import (
+    SEED_STRIDE,
+    _run,
+    _short,
+    fidelity,
+    frechet_distance,
+    image_features,
+    mean_of,
+    readings,
+    renders,
+)
 from cdm3d.eval.points_eval import prompts_per_category
 from cdm3d.pipelines import parse_sampling_items
 
@@ -47,20 +56,14 @@ from cdm3d.pipelines import parse_sampling_items
 def _right(judge: ImageClassifier, runs: list[torch.Tensor], prompts) -> tuple[dict, dict]:
     """Whether the render classifier finds each image's category / colour (every seed's images in a row),
     and, per image, the true label and the classifier's reading (``"red -> orange"``)."""
-    truth = {"category": [p[2] for p in prompts], "colour": [p[3] for p in prompts]}
-    names = {"category": list(CATEGORIES), "colour": list(COLORS)}
-    preds = [judge.predict(pixels) for pixels in runs]
-    read = {
-        "category": [c for cat, _ in preds for c in cat.tolist()],
-        "colour": [c for _, col in preds for c in col.tolist()],
-    }
-    right, readings = {}, {}
-    for key in truth:
-        true = truth[key] * len(runs)
-        said = [names[key][i] for i in read[key]]
-        right[key] = torch.tensor([a == b for a, b in zip(true, said)])
-        readings[key] = [f"{a} -> {b}" for a, b in zip(true, said)]
-    return right, readings
+    right: dict = {"category": [], "colour": []}
+    said: dict = {"category": [], "colour": []}
+    for pixels in runs:
+        cat_read, col_read = readings(*judge.predict(pixels))
+        for key, read, field in (("category", cat_read, 2), ("colour", col_read, 3)):
+            right[key] += [r == p[field] for r, p in zip(read, prompts)]
+            said[key] += [f"{p[field]} -> {r}" for r, p in zip(read, prompts)]
+    return {k: torch.tensor(v) for k, v in right.items()}, said
 
 
 def paired(base: dict[str, torch.Tensor], other: dict[str, torch.Tensor], readings: dict | None = None) -> dict:
@@ -86,8 +89,7 @@ def paired(base: dict[str, torch.Tensor], other: dict[str, torch.Tensor], readin
 
 def _row(runs: list[torch.Tensor], fidelity_of, fid_of) -> dict:
     per_seed = [_short(fidelity_of(pixels)) for pixels in runs]
-    mean = {k: round(statistics.mean(r[k] for r in per_seed), 4) for k in per_seed[0]}
-    return {**mean, "fid_first_seed": fid_of(runs[0]), "per_seed": per_seed}
+    return {**mean_of(per_seed), "fid_first_seed": fid_of(runs[0]), "per_seed": per_seed}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,10 +74,17 @@ def fidelity(
     return row
 
 
-def _agreement(cat_pred, col_pred, prompts: list[tuple[int, str, str, str]]) -> dict[str, Any]:
+def readings(cat_pred, col_pred) -> tuple[list[str], list[str]]:
+    """Predicted category and colour indices as the vocabulary's names."""
     cats, cols = list(CATEGORIES), list(COLORS)
-    cat_ok = np.array([cats[int(c)] == p[2] for c, p in zip(cat_pred, prompts)], float)
-    col_ok = np.array([cols[int(c)] == p[3] for c, p in zip(col_pred, prompts)], float)
+    return [cats[int(c)] for c in cat_pred], [cols[int(c)] for c in col_pred]
+
+
+def _agreement(cat_pred, col_pred, prompts: list[tuple[int, str, str, str]]) -> dict[str, Any]:
+    cats = list(CATEGORIES)
+    cat_read, col_read = readings(cat_pred, col_pred)
+    cat_ok = np.array([c == p[2] for c, p in zip(cat_read, prompts)], float)
+    col_ok = np.array([c == p[3] for c, p in zip(col_read, prompts)], float)
     per_category = {c: round(float(cat_ok[[i for i, p in enumerate(prompts) if p[2] == c]].mean()), 4) for c in cats}
     return {
         "category_fidelity": round(float(cat_ok.mean()), 4),
@@ -223,7 +230,7 @@ def _cdm_ablation(
             key = (f"{label}_level_{lv:g}" if label == "with_augmentation" else label) + suffix
             rows[key] = {
                 "on_generated_low_res": {
-                    **{f: round(statistics.mean(r[f] for r in per_seed), 4) for f in per_seed[0]},
+                    **mean_of(per_seed),
                     "per_seed": per_seed,
                 },
                 "on_real_low_res": {**_short(fidelity_of(on_real.pixels)), "fid": fid(on_real)},
@@ -237,10 +244,15 @@ def _over_seeds(runs: list[dict[str, Images]], rows: dict[str, str], fidelity_of
     for label, name in rows.items():
         per_seed = [_short(fidelity_of(run[name].pixels)) for run in runs]
         report[label] = {
-            **{k: round(statistics.mean(r[k] for r in per_seed), 4) for k in per_seed[0]},
+            **mean_of(per_seed),
             "per_seed": per_seed,
         }
     return report
+
+
+def mean_of(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's mean over ``rows`` (one per seed, the same keys), rounded as the reports are."""
+    return {k: round(statistics.mean(r[k] for r in rows), 4) for k in rows[0]}
 
 
 def _short(row: dict[str, Any]) -> dict[str, Any]:
