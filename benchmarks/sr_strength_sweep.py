@@ -12,8 +12,13 @@ the render classifier, per seed and their mean, the zero-shot CLIP's, the FID at
 image features against the split's renders, as the eval), the SR stage's seconds per image at batch 1
 (median of 5), and ``against_base``: by the render classifier, how many images (prompts x seeds) the SR
 stage gets wrong that the base got right (``lost``) and the reverse (``gained``), with McNemar's exact
-two-sided p-value (is the change in fidelity more than chance?). Test whether the SR stage lowers fidelity
-on the test prompts, at the shipped settings only:
+two-sided p-value (is the change in fidelity more than chance?), the counts on prompts of one and of two
+colours apart (``by_group``), and the fidelity difference with its 95% interval by a bootstrap over prompts
+(``ci95_by_prompt``; a prompt's seeds are not independent images). ``against_base_at_base_size`` is the same
+comparison after the SR images are resized to the base's size and back: what the stage changed in what the
+base drew (colours, large shapes), apart from the detail it added. ``classifier_on_renders_through_base_size``
+checks the instrument: the prompts' own renders read at the SR size and through the base's size. Test whether
+the SR stage lowers fidelity on the test prompts, at the shipped settings only:
 
     bash tools/env.sh python benchmarks/sr_strength_sweep.py --split test --seeds 5 --strengths 1 \
         --out benchmarks/results/sr_vs_base_test.json
@@ -35,6 +40,7 @@ import torch
 
 from cdm3d.core import Cascade
 from cdm3d.core.checkpoint import check_parent, write_text
+from cdm3d.data.world import World
 from cdm3d.errors import InputError
 from cdm3d.eval.classifier import ImageClassifier
 from cdm3d.eval.clip_eval import variant_tables
@@ -51,6 +57,7 @@ from cdm3d.eval.images_eval import (
 )
 from cdm3d.eval.points_eval import prompts_per_category
 from cdm3d.pipelines import parse_sampling_items
+from cdm3d.stages.images.sr import resize_images
 
 
 def _right(judge: ImageClassifier, runs: list[torch.Tensor], prompts) -> tuple[dict, dict]:
@@ -66,10 +73,20 @@ def _right(judge: ImageClassifier, runs: list[torch.Tensor], prompts) -> tuple[d
     return {k: torch.tensor(v) for k, v in right.items()}, said
 
 
-def paired(base: dict[str, torch.Tensor], other: dict[str, torch.Tensor], readings: dict | None = None) -> dict:
+def paired(
+    base: dict[str, torch.Tensor],
+    other: dict[str, torch.Tensor],
+    readings: dict | None = None,
+    groups: list[str] | None = None,
+    prompts: int | None = None,
+) -> dict:
     """Images the other stage gets wrong where the base got them right (``lost``) and the reverse
     (``gained``), over the same prompts and seeds, with McNemar's exact two-sided p-value; with the other
-    stage's ``readings`` (per image, ``"true -> read"``), how the lost images were read (``lost_as``)."""
+    stage's ``readings`` (per image, ``"true -> read"``), how the lost images were read (``lost_as``); with
+    ``groups`` (per image, e.g. ``"two colours"``), lost / gained per group (``by_group``); with ``prompts``
+    (the images are seeds x prompts, seed-major), the fidelity difference (other - base) and its 95% interval
+    by a bootstrap over prompts, every seed of a drawn prompt together (``difference``, ``ci95_by_prompt``):
+    McNemar's test treats the images as independent, and a prompt's seeds are not."""
     from collections import Counter
 
     from scipy.stats import binomtest
@@ -77,14 +94,34 @@ def paired(base: dict[str, torch.Tensor], other: dict[str, torch.Tensor], readin
     out = {}
     for key in base:
         lost_mask = base[key] & ~other[key]
-        lost = int(lost_mask.sum())
-        gained = int((~base[key] & other[key]).sum())
+        gained_mask = ~base[key] & other[key]
+        lost, gained = int(lost_mask.sum()), int(gained_mask.sum())
         p = binomtest(lost, lost + gained).pvalue if lost + gained else 1.0
         out[key] = {"lost": lost, "gained": gained, "images": len(base[key]), "p_mcnemar": round(float(p), 4)}
         if readings is not None:
             seen = Counter(r for r, m in zip(readings[key], lost_mask.tolist()) if m)
             out[key]["lost_as"] = dict(seen.most_common())
+        if groups is not None:
+            out[key]["by_group"] = {
+                g: {
+                    "images": sum(x == g for x in groups),
+                    "lost": sum(x == g and m for x, m in zip(groups, lost_mask.tolist())),
+                    "gained": sum(x == g and m for x, m in zip(groups, gained_mask.tolist())),
+                }
+                for g in sorted(set(groups))
+            }
+        if prompts is not None:
+            per_prompt = (other[key].float() - base[key].float()).view(-1, prompts).mean(0)
+            draws = torch.randint(0, prompts, (2000, prompts), generator=torch.Generator().manual_seed(0))
+            lo, hi = torch.quantile(per_prompt[draws].mean(1), torch.tensor([0.025, 0.975])).tolist()
+            out[key]["difference"] = round(per_prompt.mean().item(), 4)
+            out[key]["ci95_by_prompt"] = [round(lo, 4), round(hi, 4)]
     return out
+
+
+def at_size(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """``pixels`` resized to ``size`` and back (antialiased bilinear): what is left at that resolution."""
+    return resize_images(resize_images(pixels, size), pixels.shape[-1])
 
 
 def _row(runs: list[torch.Tensor], fidelity_of, fid_of) -> dict:
@@ -154,6 +191,15 @@ def main(argv: list[str] | None = None) -> int:
         "sr": {},
     }
     base_right = _right(judge, [b.pixels for b in base], prompts)[0]
+    world, low = World(args.split), cascade.stages[base_name].config.size
+    colours = ["two colours" if len(world.labels(p[0]).colors) > 1 else "one colour" for p in prompts]
+    groups = colours * len(seeds)
+    # The instrument: does the render classifier read the prompts' own renders alike at the SR stage's size
+    # and through the base stage's size? If so, what the SR stage loses is in its images, not in the reading.
+    real = renders([p[0] for p in prompts], sr.config.size, args.split)
+    report["classifier_on_renders_through_base_size"] = paired(
+        _right(judge, [real], prompts)[0], _right(judge, [at_size(real, low)], prompts)[0]
+    )
     one = cond.select([0])
     for strength in args.strengths:
         settings = {sr_name: {**sampling[sr_name], "strength": strength}}
@@ -167,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             sr_only.run(one, seed=r, init=base[0][0:1], progress=False, sampling=settings)
             times.append(time.perf_counter() - t0)
         row = _row(outs, fidelity_of, fid_of)
-        row["against_base"] = paired(base_right, *_right(judge, outs, prompts))
+        row["against_base"] = paired(base_right, *_right(judge, outs, prompts), groups=groups, prompts=len(prompts))
+        # The SR images brought back to the base's size: what the stage changed in what the base drew
+        # (colours, large shapes), apart from the detail it added.
+        at_base_size = _right(judge, [at_size(o, low) for o in outs], prompts)[0]
+        row["against_base_at_base_size"] = paired(base_right, at_base_size, prompts=len(prompts))
         row["sr_steps_run"] = sr.num_steps(settings[sr_name])
         row["sr_seconds_per_image_batch1"] = round(statistics.median(times[1:]), 3)
         report["sr"][f"{strength:g}"] = row

@@ -233,12 +233,30 @@ def test_sr_strength_sweep_writes_a_row_per_strength_over_seeds(tmp_path) -> Non
     assert set(against) == {"category", "colour"} and against["category"]["images"] == 26  # 13 prompts x 2 seeds
     assert 0 <= against["colour"]["p_mcnemar"] <= 1
     assert sum(against["category"]["lost_as"].values()) == against["category"]["lost"]
+    groups = against["colour"]["by_group"]  # 13 prompts of one colour each at per-category 1 on val
+    assert sum(g["images"] for g in groups.values()) == 26
+    assert sum(g["lost"] for g in groups.values()) == against["colour"]["lost"]
+    lo, hi = against["colour"]["ci95_by_prompt"]
+    assert lo <= against["colour"]["difference"] <= hi
+    assert abs(against["colour"]["difference"] * 26 - (against["colour"]["gained"] - against["colour"]["lost"])) < 0.01
+    assert set(report["sr"]["1"]["against_base_at_base_size"]) == {"category", "colour"}
+    assert report["classifier_on_renders_through_base_size"]["category"]["images"] == 13
     # McNemar's exact test counts only the images that changed: 6 gained and none lost is p = 2 / 2^6.
     base = {"category": torch.tensor([True] * 4 + [False] * 6), "colour": torch.ones(10, dtype=torch.bool)}
     other = {"category": torch.ones(10, dtype=torch.bool), "colour": torch.ones(10, dtype=torch.bool)}
     result = sr_strength_sweep.paired(base, other)
     assert result["category"] == {"lost": 0, "gained": 6, "images": 10, "p_mcnemar": 0.0312}
     assert result["colour"]["p_mcnemar"] == 1.0  # nothing changed
+    # Two seeds of five prompts: per group, and the bootstrap over prompts keeps a prompt's seeds together.
+    groups = ["one colour"] * 4 + ["two colours"] + ["one colour"] * 4 + ["two colours"]
+    result = sr_strength_sweep.paired(base, other, groups=groups, prompts=5)["category"]
+    assert result["by_group"] == {
+        "one colour": {"images": 8, "lost": 0, "gained": 4},
+        "two colours": {"images": 2, "lost": 0, "gained": 2},
+    }
+    assert result["difference"] == 0.6 and 0 < result["ci95_by_prompt"][0] <= 0.6 <= result["ci95_by_prompt"][1] <= 1
+    same = sr_strength_sweep.paired(other, other, prompts=5)["colour"]
+    assert same["difference"] == 0 and same["ci95_by_prompt"] == [0, 0]
     readings = {"category": ["cube -> cube"] * 4 + ["cube -> mug"] * 6, "colour": ["red -> red"] * 10}
     lost = sr_strength_sweep.paired(other, base, readings)["category"]  # the other way round: 6 lost
     assert lost["lost"] == 6 and lost["lost_as"] == {"cube -> mug": 6}
