@@ -129,6 +129,30 @@ def test_sr_adain_fix_moves_each_channels_statistics_to_the_inputs() -> None:
         run(-0.1)
 
 
+def test_sr_adain_at_input_size_leaves_a_consistent_output_alone() -> None:
+    from cdm3d.stages.images.sr import adain, resize_images
+
+    # A sharp image and its own 8 px version: measured at 8 px they agree, so the fix changes nothing;
+    # measured at 16 px against the blurred upsampled version, it lowers the sharp image's contrast.
+    sharp = torch.rand(2, 3, 16, 16) * 2 - 1
+    low = resize_images(sharp, 8)
+    assert torch.allclose(adain(sharp, low), sharp, atol=1e-4)
+    blurred = adain(sharp, resize_images(low, 16))
+    assert (blurred.std((2, 3)) < 0.8 * sharp.std((2, 3))).all()
+
+    stage = _randomise(_sr())
+    low = Images(resize_images(torch.rand(2, 3, 2, 2), 8) * 0.3 + 0.35)
+    plain = _sr_at_seed_0(stage, low)
+    at_input = _sr_at_seed_0(stage, low, adain_fix=1.0, adain_at="input")
+    assert not torch.allclose(at_input, _sr_at_seed_0(stage, low, adain_fix=1.0))  # "output" is the default
+    # Seen at the input's size, the output has the input's per-channel statistics (up to the [0, 1] clamp).
+    stats = lambda x: torch.cat([x.mean((2, 3)), x.std((2, 3))])  # noqa: E731
+    gap = lambda x: (stats(resize_images(x, 8)) - stats(low.pixels)).abs().max().item()  # noqa: E731
+    assert gap(at_input) < 0.02 < gap(plain)
+    with pytest.raises(ConfigError, match="adain_at"):
+        _sr_at_seed_0(stage, low, adain_fix=1.0, adain_at="both")
+
+
 @pytest.mark.parametrize("scheduler", ["dpm++", "ddim", "euler", "heun", "unipc"])
 def test_sr_strength_refines_the_upsampled_input_in_the_last_steps(scheduler) -> None:
     from cdm3d.stages.images.sr import resize_images

@@ -17,6 +17,13 @@ normalisation (Wang et al. 2023, after Huang & Belongie 2017): each output chann
 deviation over the image are moved, by that fraction, to those of the input image resized to the output size.
 It corrects global shifts of colour and contrast and leaves the spatial detail alone. Both fixes can be on
 together (the low-frequency one first).
+
+``sampling.adain_at`` says at which size the output's statistics are measured. ``"output"`` (StableSR's
+way, the default) compares the output with the input resized up to the output size; but a sharp image has
+more contrast than a blurred one of the same content, so this pulls every output's contrast down towards the
+blurred input's, and on a light background it lightens the objects (gray read as white). ``"input"`` measures
+the output resized down to the input's size against the input itself: an output whose downsampled image
+equals its input is left exactly as it is, and only a real shift of colour or contrast is corrected.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ class SuperResSamplingConfig(SamplingConfig):
 
     low_freq_fix: float = Field(0.0, ge=0.0, le=1.0)
     adain_fix: float = Field(0.0, ge=0.0, le=1.0)
+    adain_at: Literal["output", "input"] = "output"
 
 
 class SuperResConfig(DiffusionStageConfig):
@@ -95,7 +103,8 @@ class SuperResStage(DiffusionStage):
             )
             x = (x + s.low_freq_fix * fix).clamp(-1, 1)
         if s.adain_fix > 0:
-            x = x + s.adain_fix * (adain(x, resize_images(low, self.config.size)) - x)
+            ref = resize_images(low, self.config.size) if s.adain_at == "output" else low
+            x = x + s.adain_fix * (adain(x, ref) - x)
         return Images.from_tensor(x)
 
     def condition_input(self, prev: Any) -> torch.Tensor:
@@ -115,8 +124,9 @@ class SuperResStage(DiffusionStage):
 
 def adain(x: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """``x [B, C, H, W]`` with each channel's mean and standard deviation over the image set to
-    ``reference``'s (same batch and channels, any size)."""
-    mean, std = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
+    ``reference``'s (same batch and channels), both measured at the reference's size (``x`` resized to it)."""
+    at = resize_images(x, reference.shape[-1]) if reference.shape[-2:] != x.shape[-2:] else x
+    mean, std = at.mean((2, 3), keepdim=True), at.std((2, 3), keepdim=True)
     ref_mean, ref_std = reference.mean((2, 3), keepdim=True), reference.std((2, 3), keepdim=True)
     return (x - mean) / (std + eps) * ref_std + ref_mean
 
