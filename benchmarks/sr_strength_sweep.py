@@ -57,7 +57,7 @@ from cdm3d.eval.images_eval import (
 )
 from cdm3d.eval.points_eval import prompts_per_category
 from cdm3d.pipelines import parse_sampling_items
-from cdm3d.stages.images.sr import resize_images
+from cdm3d.stages.images.sr import through
 
 
 def _right(judge: ImageClassifier, runs: list[torch.Tensor], prompts) -> tuple[dict, dict]:
@@ -117,11 +117,6 @@ def paired(
             out[key]["difference"] = round(per_prompt.mean().item(), 4)
             out[key]["ci95_by_prompt"] = [round(lo, 4), round(hi, 4)]
     return out
-
-
-def at_size(pixels: torch.Tensor, size: int) -> torch.Tensor:
-    """``pixels`` resized to ``size`` and back (antialiased bilinear): what is left at that resolution."""
-    return resize_images(resize_images(pixels, size), pixels.shape[-1])
 
 
 def _row(runs: list[torch.Tensor], fidelity_of, fid_of) -> dict:
@@ -198,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     # and through the base stage's size? If so, what the SR stage loses is in its images, not in the reading.
     real = renders([p[0] for p in prompts], sr.config.size, args.split)
     report["classifier_on_renders_through_base_size"] = paired(
-        _right(judge, [real], prompts)[0], _right(judge, [at_size(real, low)], prompts)[0]
+        _right(judge, [real], prompts)[0], _right(judge, [through(real, low)], prompts)[0]
     )
     one = cond.select([0])
     for strength in args.strengths:
@@ -216,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         row["against_base"] = paired(base_right, *_right(judge, outs, prompts), groups=groups, prompts=len(prompts))
         # The SR images brought back to the base's size: what the stage changed in what the base drew
         # (colours, large shapes), apart from the detail it added.
-        at_base_size = _right(judge, [at_size(o, low) for o in outs], prompts)[0]
+        at_base_size = _right(judge, [through(o, low) for o in outs], prompts)[0]
         row["against_base_at_base_size"] = paired(base_right, at_base_size, prompts=len(prompts))
         row["sr_steps_run"] = sr.num_steps(settings[sr_name])
         row["sr_seconds_per_image_batch1"] = round(statistics.median(times[1:]), 3)

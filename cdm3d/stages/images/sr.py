@@ -98,9 +98,7 @@ class SuperResStage(DiffusionStage):
         x = out.to_tensor()
         if s.low_freq_fix > 0:
             size = min(low.shape[-1], self.config.low_size)
-            fix = resize_images(resize_images(low, size), self.config.size) - resize_images(
-                resize_images(x, size), self.config.size
-            )
+            fix = through(low, size, self.config.size) - through(x, size)
             x = (x + s.low_freq_fix * fix).clamp(-1, 1)
         if s.adain_fix > 0:
             ref = resize_images(low, self.config.size) if s.adain_at == "output" else low
@@ -125,7 +123,7 @@ class SuperResStage(DiffusionStage):
 def adain(x: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """``x [B, C, H, W]`` with each channel's mean and standard deviation over the image set to
     ``reference``'s (same batch and channels), both measured at the reference's size (``x`` resized to it)."""
-    at = resize_images(x, reference.shape[-1]) if reference.shape[-2:] != x.shape[-2:] else x
+    at = resize_images(x, reference.shape[-1])
     mean, std = at.mean((2, 3), keepdim=True), at.std((2, 3), keepdim=True)
     ref_mean, ref_std = reference.mean((2, 3), keepdim=True), reference.std((2, 3), keepdim=True)
     return (x - mean) / (std + eps) * ref_std + ref_mean
@@ -136,3 +134,9 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     return F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def through(images: torch.Tensor, size: int, out: int | None = None) -> torch.Tensor:
+    """``images`` resized to ``size`` and then to ``out`` (their own size by default): what is left of them
+    at that resolution."""
+    return resize_images(resize_images(images, size), images.shape[-1] if out is None else out)
