@@ -253,3 +253,67 @@ def test_render_cache_is_read_back_not_rebuilt(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(image_data, "build_renders", fail)
     assert torch.equal(image_data.load_renders("train", 4, 16, str(tmp_path), 1), first[:4])
+
+
+def _sr_data(emb_file, **extra):
+    from cdm3d.training.data.images import WorldImagesConfig, WorldImagesData
+
+    config = WorldImagesConfig(
+        objects=16,
+        size=16,
+        workers=1,
+        embeddings=str(emb_file / "emb.safetensors"),
+        cache_dir=str(emb_file / "cache"),
+        **extra,
+    )
+    return WorldImagesData(config, _sr())
+
+
+def test_sr_data_conditions_on_the_low_res_cache_at_its_rate(emb_file, tmp_path) -> None:
+    path = tmp_path / "low.npy"
+    np.save(path, np.full((16, 3, 8, 8), 255, np.uint8))  # every re-drawn input white
+    white = lambda data: (data.batch(64, torch.Generator().manual_seed(0))[2] == 1).flatten(1).all(1)  # noqa: E731
+    assert white(_sr_data(emb_file, low_res=str(path), low_res_prob=1.0)).all()
+    assert not white(_sr_data(emb_file, low_res=str(path), low_res_prob=0.0)).any()
+    half = white(_sr_data(emb_file, low_res=str(path), low_res_prob=0.5)).float().mean()
+    assert 0.3 < half < 0.7
+    # without it, the render's own low-resolution image, as before
+    x0, _, c = _sr_data(emb_file).batch(4, torch.Generator().manual_seed(0))
+    from cdm3d.stages.images.sr import through
+
+    assert torch.allclose(c, through(x0, 8), atol=1e-5)
+
+
+def test_sr_data_refuses_a_bad_low_res_cache(emb_file, tmp_path) -> None:
+    np.save(tmp_path / "small.npy", np.zeros((16, 3, 4, 4), np.uint8))
+    np.save(tmp_path / "few.npy", np.zeros((3, 3, 8, 8), np.uint8))
+    np.save(tmp_path / "float.npy", np.zeros((16, 3, 8, 8), np.float32))
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    for name, words in [
+        ("missing.npy", "does not exist"),
+        ("small.npy", "expected uint8 [M, 3, 8, 8]"),
+        ("few.npy", "covers 3 objects, fewer than data.objects = 16"),
+        ("float.npy", "float32"),
+        ("junk.npy", "not a readable .npy"),
+    ]:
+        with pytest.raises(InputError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            _sr_data(emb_file, low_res=str(tmp_path / name))
+
+
+def test_redraw_with_base_keeps_its_input_below_strength_1() -> None:
+    from cdm3d.training.data.images import redraw_with_base
+
+    base = _randomise(build_stage({**_base().config.model_dump(), "sampling": {"steps": 4}}))
+    g = torch.Generator().manual_seed(1)
+    low = torch.randint(0, 256, (6, 3, 8, 8), generator=g, dtype=torch.uint8)
+    other = torch.randint(0, 256, (6, 3, 8, 8), generator=g, dtype=torch.uint8)
+    text, null = torch.randn(6, 2, D, generator=g), torch.zeros(D)
+    run = lambda x, s: redraw_with_base(base, x, text, null, s, seed=0, batch=4, progress=False)  # noqa: E731
+    out = run(low, (0.5,))
+    assert out.dtype == torch.uint8 and out.shape == low.shape
+    assert torch.equal(out, run(low, (0.5,)))  # a seed gives the same images
+    assert not torch.equal(out, run(other, (0.5,)))  # part of the way: the input shows through
+    assert torch.equal(run(low, (1.0,)), run(other, (1.0,)))  # from noise: the input does not matter
+    assert "init_sample" not in vars(base)  # the stage is left as it was
+    with pytest.raises(InputError, match="8 px"):
+        redraw_with_base(base, torch.zeros(2, 3, 16, 16, dtype=torch.uint8), text[:2], null, (0.5,))
