@@ -24,7 +24,8 @@ the SR stage lowers fidelity on the test prompts, at the shipped settings only:
         --out benchmarks/results/sr_vs_base_test.json
 
 The base row is the same measure of the base images. Use ``--split val`` to choose a default off the test
-prompts.
+prompts. ``--two-colour-only`` keeps only prompts of two-colour objects (``--per-category`` of each category that
+has them), a stress set for colour: there the SR stage must draw which part takes which colour.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 
 from cdm3d.core import Cascade
 from cdm3d.core.checkpoint import check_parent, write_text
+from cdm3d.data.vocab import SECONDARY_PART
 from cdm3d.data.world import World
 from cdm3d.errors import InputError
 from cdm3d.eval.classifier import ImageClassifier
@@ -58,6 +60,19 @@ from cdm3d.eval.images_eval import (
 from cdm3d.eval.points_eval import prompts_per_category
 from cdm3d.pipelines import parse_sampling_items
 from cdm3d.stages.images.sr import through
+
+
+def two_colour_prompts(per_category: int, split: str) -> list[tuple[int, str, str, str]]:
+    """``(index, caption, category, primary colour)`` of a split's two-colour objects, ``per_category`` of each
+    category that has a part for a second colour."""
+    world, count, out, i = World(split), dict.fromkeys(SECONDARY_PART, 0), [], 0
+    while min(count.values()) < per_category:
+        labels = world.labels(i)
+        if len(labels.colors) > 1 and count[labels.category] < per_category:
+            count[labels.category] += 1
+            out.append((i, world.caption(i), labels.category, labels.colors[0]))
+        i += 1
+    return out
 
 
 def _right(judge: ImageClassifier, runs: list[torch.Tensor], prompts) -> tuple[dict, dict]:
@@ -133,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=52)
     parser.add_argument("--split", default="val", choices=["test", "val"])
+    parser.add_argument("--two-colour-only", action="store_true", help="prompts of two-colour objects only")
     parser.add_argument("--reference", type=int, default=1000, help="renders in the FID reference set")
     parser.add_argument(
         "--sampling", action="append", default=[], metavar="NAME.KEY=VALUE", help="an image stage's setting"
@@ -159,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     clip = cascade.clip
     judge = ImageClassifier.load(args.image_classifier)
     tables = variant_tables(clip)
-    prompts = prompts_per_category(args.per_category, args.split)
+    if args.two_colour_only:
+        prompts = two_colour_prompts(args.per_category, args.split)
+    else:
+        prompts = prompts_per_category(args.per_category, args.split)
     cond = cascade.encode([p[1] for p in prompts])
     ref = image_features(clip, renders(list(range(2000, 2000 + args.reference)), sr.config.size, args.split))
 
@@ -178,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(args.model),
         "split": args.split,
         "prompts": len(prompts),
+        "two_colour_only": args.two_colour_only,
         "seeds": seeds,
         "fidelity_instruments": f"render classifier {args.image_classifier} (classifier_*), small CLIP zero-shot",
         "fid_features": "small CLIP image embedding (128-d, L2-normalised), trained on the world",

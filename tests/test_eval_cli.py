@@ -415,3 +415,22 @@ def test_image_to_3d_benchmark_reports_the_text_prior_and_reframing_ablations(tm
     assert set(report["image_to_3d"]["category_fidelity_per_category"]) == set(CATEGORIES)
     assert report["seconds_per_image_batch1"]["median_s"] > 0
     assert image_to_3d.main([*argv, "--out", str(tmp_path / "missing" / "x.json")]) == 2
+
+
+def test_two_colour_prompts_are_of_two_colour_objects_only() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import sr_strength_sweep
+
+    from cdm3d.data.vocab import SECONDARY_PART
+    from cdm3d.data.world import World
+
+    prompts = sr_strength_sweep.two_colour_prompts(2, "val")
+    world = World("val")
+    assert len(prompts) == 2 * len(SECONDARY_PART) and len({p[0] for p in prompts}) == len(prompts)
+    for index, caption, category, colour in prompts:
+        labels = world.labels(index)
+        assert len(labels.colors) == 2 and labels.category == category and labels.colors[0] == colour
+        assert caption == world.caption(index)
+    assert sorted({p[2] for p in prompts}) == sorted(SECONDARY_PART)
