@@ -17,7 +17,9 @@ colours apart (``by_group``), and the fidelity difference with its 95% interval 
 (``ci95_by_prompt``; a prompt's seeds are not independent images). ``against_base_at_base_size`` is the same
 comparison after the SR images are resized to the base's size and back: what the stage changed in what the
 base drew (colours, large shapes), apart from the detail it added. ``classifier_on_renders_through_base_size``
-checks the instrument: the prompts' own renders read at the SR size and through the base's size. Test whether
+checks the instrument: the prompts' own renders read at the SR size and through the base's size;
+``on_renders_at_base_size`` runs the SR stage on those renders shrunk to the base's size (the first seed) and
+compares its images with the renders: the stage's own errors, apart from the base stage's. Test whether
 the SR stage lowers fidelity on the test prompts, at the shipped settings only:
 
     bash tools/env.sh python benchmarks/sr_strength_sweep.py --split test --seeds 5 --strengths 1 \
@@ -59,7 +61,8 @@ from cdm3d.eval.images_eval import (
 )
 from cdm3d.eval.points_eval import prompts_per_category
 from cdm3d.pipelines import parse_sampling_items
-from cdm3d.stages.images.sr import through
+from cdm3d.stages.images.sr import resize_images, through
+from cdm3d.types import Images
 
 
 def two_colour_prompts(per_category: int, split: str) -> list[tuple[int, str, str, str]]:
@@ -212,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     # The instrument: does the render classifier read the prompts' own renders alike at the SR stage's size
     # and through the base stage's size? If so, what the SR stage loses is in its images, not in the reading.
     real = renders([p[0] for p in prompts], sr.config.size, args.split)
+    real_right = _right(judge, [real], prompts)[0]
     report["classifier_on_renders_through_base_size"] = paired(
-        _right(judge, [real], prompts)[0], _right(judge, [through(real, low)], prompts)[0]
+        real_right, _right(judge, [through(real, low)], prompts)[0]
     )
     one = cond.select([0])
     for strength in args.strengths:
@@ -233,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
         # (colours, large shapes), apart from the detail it added.
         at_base_size = _right(judge, [through(o, low) for o in outs], prompts)[0]
         row["against_base_at_base_size"] = paired(base_right, at_base_size, prompts=len(prompts))
+        # The SR stage on the prompts' own renders shrunk to the base's size (first seed): its errors on an
+        # input without the base stage's, against the renders read at the SR size.
+        on_real = _run(
+            sr_only, cond, args.batch, seed=seeds[0], init=Images(resize_images(real, low)), sampling=settings
+        )
+        row["on_renders_at_base_size"] = paired(
+            real_right, _right(judge, [on_real[sr_name].pixels], prompts)[0], groups=colours, prompts=len(prompts)
+        )
         row["sr_steps_run"] = sr.num_steps(settings[sr_name])
         row["sr_seconds_per_image_batch1"] = round(statistics.median(times[1:]), 3)
         report["sr"][f"{strength:g}"] = row

@@ -241,6 +241,8 @@ def test_sr_strength_sweep_writes_a_row_per_strength_over_seeds(tmp_path) -> Non
     assert abs(against["colour"]["difference"] * 26 - (against["colour"]["gained"] - against["colour"]["lost"])) < 0.01
     assert set(report["sr"]["1"]["against_base_at_base_size"]) == {"category", "colour"}
     assert report["classifier_on_renders_through_base_size"]["category"]["images"] == 13
+    on_real = report["sr"]["1"]["on_renders_at_base_size"]["colour"]  # the first seed only: 13 images
+    assert on_real["images"] == 13 and sum(g["images"] for g in on_real["by_group"].values()) == 13
     # McNemar's exact test counts only the images that changed: 6 gained and none lost is p = 2 / 2^6.
     base = {"category": torch.tensor([True] * 4 + [False] * 6), "colour": torch.ones(10, dtype=torch.bool)}
     other = {"category": torch.ones(10, dtype=torch.bool), "colour": torch.ones(10, dtype=torch.bool)}
