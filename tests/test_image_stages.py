@@ -317,3 +317,35 @@ def test_redraw_with_base_keeps_its_input_below_strength_1() -> None:
     assert "init_sample" not in vars(base)  # the stage is left as it was
     with pytest.raises(InputError, match="8 px"):
         redraw_with_base(base, torch.zeros(2, 3, 16, 16, dtype=torch.uint8), text[:2], null, (0.5,))
+
+
+def test_redraw_low_res_tool_writes_the_cache_and_refuses_bad_input(emb_file, tmp_path, capsys) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "redraw_low_res.py"
+    spec = importlib.util.spec_from_file_location("redraw_low_res_tool", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    base = build_stage({**_base().config.model_dump(), "sampling": {"steps": 4}})
+    Cascade([("base", _randomise(base)), ("sr", _sr())], clip=ClipEncoder.from_config(TINY_CLIP)).save_pretrained(
+        tmp_path / "img"
+    )
+    common = ["--embeddings", str(emb_file / "emb.safetensors"), "--objects", "16", "--render-size", "16"]
+    common += ["--cache-dir", str(emb_file / "cache")]
+    out = tmp_path / "low.npy"
+    assert tool.main(["--model", str(tmp_path / "img"), *common, "--out", str(out)]) == 0
+    low = np.load(out)
+    assert low.dtype == np.uint8 and low.shape == (16, 3, 8, 8)
+    bad = [
+        (["--model", str(tmp_path / "nowhere"), *common], "nowhere"),
+        (["--model", str(path.parents[1] / "cdm3d" / "weights" / "default"), *common], "not an images.base stage"),
+        (["--model", str(tmp_path / "img"), *common, "--split", "val"], "split 'train', not 'val'"),
+    ]
+    for argv, words in bad:
+        capsys.readouterr()
+        assert tool.main([*argv, "--out", str(tmp_path / "bad.npy")]) == 2
+        assert words in capsys.readouterr().err and not (tmp_path / "bad.npy").exists()
+    with pytest.raises(SystemExit) as stop:
+        tool.main(["--model", str(tmp_path / "img"), *common, "--strengths", "0", "--out", str(tmp_path / "bad.npy")])
+    assert stop.value.code == 2 and not (tmp_path / "bad.npy").exists()

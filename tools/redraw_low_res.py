@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cdm3d.core import Cascade
     from cdm3d.core.checkpoint import atomic_path, check_parent
-    from cdm3d.errors import Cdm3dError, one_line
+    from cdm3d.errors import Cdm3dError, InputError, one_line
     from cdm3d.stages import load_builtin
     from cdm3d.stages.images.sr import resize_images
     from cdm3d.training.data.images import load_renders, redraw_with_base
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         cascade = Cascade.from_pretrained(args.model)
         base = cascade.stages[cascade.names[0]]
         if base.config.type != "images.base":
-            raise Cdm3dError(f"{args.model}'s first stage is {base.config.type!r}, not an images.base stage")
+            raise InputError(f"{args.model}'s first stage is {base.config.type!r}, not an images.base stage")
         text, _, null_text = load_embeddings(str(args.embeddings), args.split, args.objects)
         renders = load_renders(args.split, args.objects, args.render_size, args.cache_dir, 2)
         low = resize_images(renders.float() / 255, base.config.size)
