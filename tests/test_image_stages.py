@@ -298,6 +298,13 @@ def test_sr_data_refuses_a_bad_low_res_cache(emb_file, tmp_path) -> None:
     ]:
         with pytest.raises(InputError, match=words.replace("[", r"\[").replace("]", r"\]")):
             _sr_data(emb_file, low_res=str(tmp_path / name))
+    from cdm3d.training.data.images import WorldImagesConfig, WorldImagesData
+
+    base_config = WorldImagesConfig(
+        objects=16, size=16, workers=1, embeddings=str(emb_file / "emb.safetensors"), cache_dir=str(emb_file / "cache")
+    )
+    with pytest.raises(InputError, match="for a super-resolution stage"):
+        WorldImagesData(base_config.model_copy(update={"low_res": str(tmp_path / "few.npy")}), _base())
 
 
 def test_redraw_with_base_keeps_its_input_below_strength_1() -> None:
