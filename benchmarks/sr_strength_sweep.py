@@ -43,7 +43,6 @@ import torch
 
 from cdm3d.core import Cascade
 from cdm3d.core.checkpoint import check_parent, write_text
-from cdm3d.data.vocab import SECONDARY_PART
 from cdm3d.data.world import World
 from cdm3d.errors import InputError
 from cdm3d.eval.classifier import ImageClassifier
@@ -68,14 +67,7 @@ from cdm3d.types import Images
 def two_colour_prompts(per_category: int, split: str) -> list[tuple[int, str, str, str]]:
     """``(index, caption, category, primary colour)`` of a split's two-colour objects, ``per_category`` of each
     category that has a part for a second colour."""
-    world, count, out, i = World(split), dict.fromkeys(SECONDARY_PART, 0), [], 0
-    while min(count.values()) < per_category:
-        labels = world.labels(i)
-        if len(labels.colors) > 1 and count[labels.category] < per_category:
-            count[labels.category] += 1
-            out.append((i, world.caption(i), labels.category, labels.colors[0]))
-        i += 1
-    return out
+    return prompts_per_category(per_category, split, two_colour=True)
 
 
 def _right(judge: ImageClassifier, runs: list[torch.Tensor], prompts) -> tuple[dict, dict]:
@@ -178,10 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     clip = cascade.clip
     judge = ImageClassifier.load(args.image_classifier)
     tables = variant_tables(clip)
-    if args.two_colour_only:
-        prompts = two_colour_prompts(args.per_category, args.split)
-    else:
-        prompts = prompts_per_category(args.per_category, args.split)
+    prompts = prompts_per_category(args.per_category, args.split, two_colour=args.two_colour_only)
     cond = cascade.encode([p[1] for p in prompts])
     ref = image_features(clip, renders(list(range(2000, 2000 + args.reference)), sr.config.size, args.split))
 

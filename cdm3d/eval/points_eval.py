@@ -17,20 +17,24 @@ from pathlib import Path
 import torch
 
 from cdm3d.core import Cascade, Conditioning
-from cdm3d.data.vocab import CATEGORIES, COLORS
+from cdm3d.data.vocab import CATEGORIES, COLORS, SECONDARY_PART
 from cdm3d.data.world import World
 from cdm3d.eval.classifier import PointClassifier
 from cdm3d.eval.point_metrics import chamfer, distribution_metrics
 from cdm3d.types import PointClouds
 
 
-def prompts_per_category(per_category: int, split: str = "test") -> list[tuple[int, str, str, str]]:
+def prompts_per_category(
+    per_category: int, split: str = "test", two_colour: bool = False
+) -> list[tuple[int, str, str, str]]:
     """``(index, caption, category, primary colour)`` of a split's objects (the test split unless told),
-    ``per_category`` of each category."""
+    ``per_category`` of each category; with ``two_colour``, of two-colour objects only, ``per_category`` of each
+    category that has a part for a second colour."""
     world, count, out, i = World(split), defaultdict(int), [], 0
-    while min(count[c] for c in CATEGORIES) < per_category:
+    categories = SECONDARY_PART if two_colour else CATEGORIES
+    while min(count[c] for c in categories) < per_category:
         labels = world.labels(i)
-        if count[labels.category] < per_category:
+        if count[labels.category] < per_category and (not two_colour or len(labels.colors) > 1):
             count[labels.category] += 1
             out.append((i, world.caption(i), labels.category, labels.colors[0]))
         i += 1
