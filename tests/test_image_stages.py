@@ -284,6 +284,26 @@ def test_sr_data_conditions_on_the_low_res_cache_at_its_rate(emb_file, tmp_path)
     assert torch.allclose(c, through(x0, 8), atol=1e-5)
 
 
+def test_image_data_draws_two_colour_objects_at_their_weight(emb_file) -> None:
+    from cdm3d.data.world import World
+
+    two = torch.tensor([len(World("train").labels(i).colors) > 1 for i in range(16)])
+    assert two.sum() == 2  # objects 0 and 3 of the 16
+    share = lambda data: two[data.draw(4000, torch.Generator().manual_seed(0))].float().mean()  # noqa: E731
+    assert 0.45 < share(_sr_data(emb_file, two_colour_weight=7.0)) < 0.55  # 2 x 7 against 14 x 1
+    assert 0.09 < share(_sr_data(emb_file)) < 0.16  # uniform: 2 in 16
+    # weight 1 draws exactly the batches drawn before the setting existed
+    a = _sr_data(emb_file, two_colour_weight=1.0).batch(4, torch.Generator().manual_seed(3))
+    b = _sr_data(emb_file).batch(4, torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    assert torch.equal(
+        torch.randint(0, 16, (4,), generator=torch.Generator().manual_seed(3)),
+        _sr_data(emb_file).draw(4, torch.Generator().manual_seed(3)),
+    )
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        _sr_data(emb_file, two_colour_weight=0.5)
+
+
 def test_sr_data_refuses_a_bad_low_res_cache(emb_file, tmp_path) -> None:
     np.save(tmp_path / "small.npy", np.zeros((16, 3, 4, 4), np.uint8))
     np.save(tmp_path / "few.npy", np.zeros((3, 3, 8, 8), np.uint8))

@@ -16,6 +16,10 @@ the base stage's own errors while keeping the object's layout. A fraction ``low_
 conditioned on it instead of the render's own low-resolution image: the super-resolution stage then learns
 from inputs like those it is given at sampling time, which is what Gaussian conditioning augmentation
 approximates (Ho et al. 2021).
+
+``two_colour_weight`` (1 by default: objects drawn uniformly) draws objects of two colours that many times as
+often as objects of one colour. They are a fifth of the world's objects, spread over 6 categories x 132
+ordered colour pairs, and the stage must learn from the caption which part takes which colour.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class WorldImagesConfig(StrictConfig):
     workers: int = Field(2, ge=1)
     low_res: str | None = None  # a uint8 [M, 3, low_size, low_size] .npy (tools/redraw_low_res.py)
     low_res_prob: float = Field(0.5, ge=0.0, le=1.0)
+    two_colour_weight: float = Field(1.0, ge=1.0)  # how much more often a two-colour object is drawn
 
 
 def _render(job: tuple[str, int, int]) -> np.ndarray:
@@ -144,11 +149,24 @@ class WorldImagesData(PointCloudData):
             if low is None:
                 raise InputError("data.low_res is for a super-resolution stage (one with a low_size)")
             self.low_res = load_low_res(config.low_res, config.objects, low)
+        self.weights = None
+        if config.two_colour_weight != 1.0:
+            from cdm3d.data.world import World
+
+            world = World(config.split)
+            two = torch.tensor([len(world.labels(i).colors) > 1 for i in range(len(self.renders))])
+            self.weights = torch.where(two, config.two_colour_weight, 1.0).double()
+
+    def draw(self, size: int, generator: torch.Generator) -> torch.Tensor:
+        """``[size]`` object indices: uniform, or two-colour objects ``two_colour_weight`` times as often."""
+        if self.weights is None:
+            return torch.randint(0, len(self.renders), (size,), generator=generator)
+        return torch.multinomial(self.weights, size, replacement=True, generator=generator)
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, Conditioning, torch.Tensor | None]:
         from cdm3d.stages.images.sr import resize_images
 
-        idx = torch.randint(0, len(self.renders), (size,), generator=generator)
+        idx = self.draw(size, generator)
         images = self.renders[idx].float() / 127.5 - 1
         cfg = self.stage.config
         x0 = resize_images(images, cfg.size)
