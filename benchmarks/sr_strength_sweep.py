@@ -64,12 +64,6 @@ from cdm3d.stages.images.sr import resize_images, through
 from cdm3d.types import Images
 
 
-def two_colour_prompts(per_category: int, split: str) -> list[tuple[int, str, str, str]]:
-    """``(index, caption, category, primary colour)`` of a split's two-colour objects, ``per_category`` of each
-    category that has a part for a second colour."""
-    return prompts_per_category(per_category, split, two_colour=True)
-
-
 def _right(judge: ImageClassifier, runs: list[torch.Tensor], prompts) -> tuple[dict, dict]:
     """Whether the render classifier finds each image's category / colour (every seed's images in a row),
     and, per image, the true label and the classifier's reading (``"red -> orange"``)."""

@@ -420,15 +420,11 @@ def test_image_to_3d_benchmark_reports_the_text_prior_and_reframing_ablations(tm
 
 
 def test_two_colour_prompts_are_of_two_colour_objects_only() -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import sr_strength_sweep
-
     from cdm3d.data.vocab import SECONDARY_PART
     from cdm3d.data.world import World
+    from cdm3d.eval.points_eval import prompts_per_category
 
-    prompts = sr_strength_sweep.two_colour_prompts(2, "val")
+    prompts = prompts_per_category(2, "val", two_colour=True)
     world = World("val")
     assert len(prompts) == 2 * len(SECONDARY_PART) and len({p[0] for p in prompts}) == len(prompts)
     for index, caption, category, colour in prompts:

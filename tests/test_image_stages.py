@@ -255,7 +255,7 @@ def test_render_cache_is_read_back_not_rebuilt(tmp_path, monkeypatch) -> None:
     assert torch.equal(image_data.load_renders("train", 4, 16, str(tmp_path), 1), first[:4])
 
 
-def _sr_data(emb_file, **extra):
+def _sr_data(emb_file, stage=_sr, **extra):
     from cdm3d.training.data.images import WorldImagesConfig, WorldImagesData
 
     config = WorldImagesConfig(
@@ -266,7 +266,7 @@ def _sr_data(emb_file, **extra):
         cache_dir=str(emb_file / "cache"),
         **extra,
     )
-    return WorldImagesData(config, _sr())
+    return WorldImagesData(config, stage())
 
 
 def test_sr_data_conditions_on_the_low_res_cache_at_its_rate(emb_file, tmp_path) -> None:
@@ -318,13 +318,8 @@ def test_sr_data_refuses_a_bad_low_res_cache(emb_file, tmp_path) -> None:
     ]:
         with pytest.raises(InputError, match=words.replace("[", r"\[").replace("]", r"\]")):
             _sr_data(emb_file, low_res=str(tmp_path / name))
-    from cdm3d.training.data.images import WorldImagesConfig, WorldImagesData
-
-    base_config = WorldImagesConfig(
-        objects=16, size=16, workers=1, embeddings=str(emb_file / "emb.safetensors"), cache_dir=str(emb_file / "cache")
-    )
     with pytest.raises(InputError, match="for a super-resolution stage"):
-        WorldImagesData(base_config.model_copy(update={"low_res": str(tmp_path / "few.npy")}), _base())
+        _sr_data(emb_file, stage=_base, low_res=str(tmp_path / "few.npy"))
 
 
 def test_redraw_with_base_keeps_its_input_below_strength_1() -> None:
