@@ -4,7 +4,7 @@
         --out benchmarks/results/framing.json
 
 The small CLIP (and the embeddings the point stages train on) sees views from
-``clip_trainer.random_camera`` (distance 2.7); the image stages and the image ->
+``cdm3d.render.camera.random_camera`` (distance 2.7); the image stages and the image ->
 3D evaluation use the default camera (distance 3.2), where objects are smaller.
 This script measures the object fill (``cdm3d.core.framing.object_fill``) of both
 kinds of view on training objects, and the CLIP's zero-shot category and colour
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.data.world import World
     from cdm3d.eval.clip_eval import attribute_aware_predict, variant_tables
     from cdm3d.render import Camera
-    from cdm3d.training.clip_trainer import random_camera
+    from cdm3d.render.camera import random_camera
 
     clip = Cascade.from_pretrained(args.model).clip
     size = clip.image_size

@@ -39,7 +39,7 @@ TINY_CLIP = {
 def prepare(work: Path, steps: int = 60, objects: int = 24) -> Path:
     """Embeddings of a few world objects and a tiny recipe in ``work``; returns the recipe path."""
     from cdm3d.core import ClipEncoder
-    from cdm3d.training.data.points import build_world_embeddings
+    from cdm3d.training.data.world import build_world_embeddings
 
     work.mkdir(parents=True, exist_ok=True)
     emb = work / "emb.safetensors"

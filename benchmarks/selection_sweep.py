@@ -40,7 +40,6 @@ from cdm3d.errors import InputError
 from cdm3d.eval.classifier import PointClassifier
 from cdm3d.eval.images_eval import renders
 from cdm3d.eval.points_eval import generate, prompts_per_category
-from cdm3d.eval.stages import point_stages
 from cdm3d.pipelines import parse_sampling_items
 
 
@@ -89,10 +88,9 @@ def mesh_sweep(full: Cascade, clouds, scores, cond: Conditioning, categories, cl
     meshes of each cloud rank and an oracle among the m."""
     from cdm3d.eval.classifier import CLASSIFIER_POINTS
     from cdm3d.eval.mesh_eval import mesh_cloud, mesh_in_batches
-    from cdm3d.eval.stages import mesh_stages
     from cdm3d.types import Meshes
 
-    mesher, chooser = mesh_stages(full)
+    mesher, chooser = full.last_producer("Meshes")
     if mesher is None:
         raise SystemExit(f"selection_sweep: {full.names} has no mesh stage for --meshes")
     if chooser is None:
@@ -158,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.stages import load_builtin
 
     load_builtin()
-    cascade = point_stages(args.model)
+    cascade = Cascade.from_pretrained(args.model).producing("PointClouds")
     selectors = [s for s in cascade.stages.values() if isinstance(s, SelectorStage)]
     if not selectors:
         print(f"selection_sweep: {args.model} has no selector stage", file=sys.stderr)

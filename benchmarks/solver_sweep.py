@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from cdm3d.core import Cascade
 from cdm3d.eval.classifier import PointClassifier
 from cdm3d.eval.points_eval import fidelity, generate, prompts_per_category
-from cdm3d.eval.stages import point_stages
 
 DEFAULT_SETTINGS = [
     ("karras-heun", 64),
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.stages import load_builtin
 
     load_builtin()
-    cascade = point_stages(args.model, select=False)
+    cascade = Cascade.from_pretrained(args.model).producing("PointClouds", selectors=False)
     names = cascade.names
     classifier = PointClassifier.load(args.classifier)
     prompts = prompts_per_category(args.per_category, args.split)

@@ -19,7 +19,6 @@ from cdm3d.core import Cascade
 from cdm3d.core.checkpoint import atomic_path, check_parent
 from cdm3d.eval.classifier import PointClassifier
 from cdm3d.eval.points_eval import fidelity, generate, prompts_per_category
-from cdm3d.eval.stages import point_stages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.stages import load_builtin
 
     load_builtin()
-    cascade = point_stages(args.model, select=False)
+    cascade = Cascade.from_pretrained(args.model).producing("PointClouds", selectors=False)
     coarse_name, up_name = cascade.names[0], cascade.names[-1]
     classifier = PointClassifier.load(args.classifier)
     prompts = prompts_per_category(args.per_category, args.split)

@@ -74,9 +74,8 @@ def with_mesher(cascade: Cascade, mesher: str | None) -> Cascade:
         return cascade
     if mesher not in MESHERS:
         raise InputError(f"unknown mesher {mesher!r}; choose one of {', '.join(MESHERS)}")
-    from cdm3d.eval.stages import mesh_stages
 
-    name, _ = mesh_stages(cascade)
+    name, _ = cascade.last_producer("Meshes")
     if name is None:
         raise InputError("this cascade has no mesh stage to choose")
     current = cascade.stages[name].config.type

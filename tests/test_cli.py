@@ -148,7 +148,7 @@ def test_bad_devices_are_one_line_errors(tmp_path, capsys) -> None:
 def _tiny_image_cascade(folder) -> None:
     import torch
 
-    from cdm3d.core import Cascade, ClipEncoder, build_stage
+    from cdm3d.core import Cascade, build_stage, load_cascade_clip
     from cdm3d.stages import load_builtin
 
     load_builtin()
@@ -158,18 +158,18 @@ def _tiny_image_cascade(folder) -> None:
     for stage in (base, sr):
         for p in stage.parameters():
             torch.nn.init.normal_(p, std=0.05)
-    Cascade([("base", base), ("sr", sr)], clip=ClipEncoder.default()).save_pretrained(folder)
+    Cascade([("base", base), ("sr", sr)], clip=load_cascade_clip()).save_pretrained(folder)
 
 
 def test_generate_writes_images_and_text_image_3d_results(tmp_path, capsys) -> None:
     from PIL import Image
 
-    from cdm3d.core import Cascade, ClipEncoder
+    from cdm3d.core import Cascade, load_cascade_clip
     from cdm3d.eval.bench import point_cascade
 
     _tiny_image_cascade(tmp_path / "img")
     shape = point_cascade("tiny", "cpu")
-    Cascade(list(shape.stages.items()), clip=ClipEncoder.default()).save_pretrained(tmp_path / "shape")
+    Cascade(list(shape.stages.items()), clip=load_cascade_clip()).save_pretrained(tmp_path / "shape")
     out = tmp_path / "out"
     assert main(["generate", "a red mug", "--model", str(tmp_path / "img"), "--steps", "2", "-o", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["base_0.png", "preview_0.png", "sr_0.png"]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from cdm3d.core import Cascade, ClipEncoder
+from cdm3d.core import Cascade, ClipEncoder, load_cascade_clip
 from cdm3d.core.clip import check_prompts
 from cdm3d.errors import CheckpointError, ConfigError, InputError, UnavailableError
 from cdm3d.paths import DEFAULT_MODEL
@@ -167,7 +167,7 @@ def test_clip_evaluation_runs_and_reports_every_metric(tiny: ClipEncoder) -> Non
 
 
 def test_default_clip_is_shipped() -> None:
-    enc = ClipEncoder.default()
+    enc = load_cascade_clip()
     assert enc.embed_dim == 128 and enc.image_size == 64
     # The shipped cascade reframes conditioning images to its CLIP's training framing (benchmarks/framing.py).
     assert enc.image_fill == Cascade.from_pretrained(DEFAULT_MODEL, load_clip=True).clip.image_fill == 0.75

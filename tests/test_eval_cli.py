@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from cdm3d.cli import main
-from cdm3d.core import Cascade, ClipEncoder, build_stage
+from cdm3d.core import Cascade, build_stage, load_cascade_clip
 from cdm3d.data.vocab import CATEGORIES
 from cdm3d.eval.bench import point_cascade
 
@@ -25,7 +25,7 @@ def _tiny_expert(stage):
 def test_eval_writes_fidelity_distribution_and_upsampler_figures(tmp_path, capsys) -> None:
     tiny = point_cascade("tiny", "cpu")
     tiny.stages["coarse"].set_expert(_tiny_expert(tiny.stages["coarse"]))
-    Cascade(list(tiny.stages.items()), clip=ClipEncoder.default()).save_pretrained(tmp_path / "tiny")
+    Cascade(list(tiny.stages.items()), clip=load_cascade_clip()).save_pretrained(tmp_path / "tiny")
     out = tmp_path / "eval.json"
     argv = ["eval", "--model", str(tmp_path / "tiny"), "--per-category", "2", "--batch", "26", "--steps", "2"]
     assert main([*argv, "--skip-speed", "--out", str(out)]) == 0
@@ -104,7 +104,7 @@ def test_eval_meshes_writes_fidelity_watertightness_and_chamfer(tmp_path) -> Non
         "sampling": {"grid": 16},
     }
     stages = [*tiny.stages.items(), ("mesh", build_stage(sdf))]
-    Cascade(stages, clip=ClipEncoder.default()).save_pretrained(tmp_path / "tiny")
+    Cascade(stages, clip=load_cascade_clip()).save_pretrained(tmp_path / "tiny")
     (tmp_path / "poisson.yaml").write_text(yaml.safe_dump({"type": "mesh.poisson", "depth": 5}))
     out = tmp_path / "mesh.json"
     argv = ["eval", "--meshes", "--model", str(tmp_path / "tiny"), "--per-category", "1", "--batch", "13"]
@@ -137,7 +137,7 @@ def test_eval_meshes_runs_a_mesh_selector_with_the_pipeline_and_ablates_it(tmp_p
     sdf = {"type": "mesh.sdf", "embed_dim": 128, "input_points": 32, "sampling": {"grid": 12}}
     sdf["network"] = {"width": 16, "encoder_layers": 1, "decoder_layers": 1, "heads": 2}
     stages = [*tiny.stages.items(), ("select", pick), ("mesh", build_stage(sdf)), ("mesh_select", chooser)]
-    Cascade(stages, clip=ClipEncoder.default()).save_pretrained(tmp_path / "tiny")
+    Cascade(stages, clip=load_cascade_clip()).save_pretrained(tmp_path / "tiny")
     out = tmp_path / "mesh.json"
     argv = ["eval", "--meshes", "--model", str(tmp_path / "tiny"), "--per-category", "1", "--batch", "13"]
     assert main([*argv, "--out", str(out)]) == 0
@@ -170,10 +170,10 @@ def test_eval_images_writes_fidelity_fid_ablation_and_image_to_3d(tmp_path) -> N
     for stage in (base, sr_aug, sr_noaug):
         for p in stage.parameters():
             torch.nn.init.normal_(p, std=0.05)
-    Cascade([("base", base), ("sr", sr_aug)], clip=ClipEncoder.default()).save_pretrained(tmp_path / "img")
+    Cascade([("base", base), ("sr", sr_aug)], clip=load_cascade_clip()).save_pretrained(tmp_path / "img")
     save_stage(sr_noaug, tmp_path / "noaug.safetensors")
     tiny = point_cascade("tiny", "cpu")
-    Cascade(list(tiny.stages.items()), clip=ClipEncoder.default()).save_pretrained(tmp_path / "shape")
+    Cascade(list(tiny.stages.items()), clip=load_cascade_clip()).save_pretrained(tmp_path / "shape")
     out = tmp_path / "img.json"
     argv = ["eval", "--images", "--model", str(tmp_path / "img"), "--per-category", "1", "--batch", "13"]
     argv += ["--sr-noaug", str(tmp_path / "noaug.safetensors"), "--shape-model", str(tmp_path / "shape")]
@@ -216,7 +216,7 @@ def test_sr_strength_sweep_writes_a_row_per_strength_over_seeds(tmp_path) -> Non
     net = {"channels": 16, "mults": [1, 2], "attention": [], "heads": 2, "groups": 4}
     base = build_stage({"type": "images.base", "embed_dim": 128, "size": 8, "network": net})
     sr = build_stage({"type": "images.sr", "embed_dim": 128, "size": 16, "low_size": 8, "network": net})
-    Cascade([("base", base), ("sr", sr)], clip=ClipEncoder.default()).save_pretrained(tmp_path / "img")
+    Cascade([("base", base), ("sr", sr)], clip=load_cascade_clip()).save_pretrained(tmp_path / "img")
     out = tmp_path / "sweep.json"
     argv = ["--model", str(tmp_path / "img"), "--per-category", "1", "--seeds", "2", "--reference", "4"]
     argv += ["--sampling", "base.steps=2", "--sampling", "sr.steps=4", "--strengths", "1", "0.5", "--out", str(out)]
@@ -273,7 +273,7 @@ def test_eval_images_on_validation_prompts_uses_the_validation_split_throughout(
     net = {"channels": 16, "mults": [1, 2], "attention": [], "heads": 2, "groups": 4}
     base = build_stage({"type": "images.base", "embed_dim": 128, "size": 8, "network": net})
     sr = build_stage({"type": "images.sr", "embed_dim": 128, "size": 16, "low_size": 8, "network": net})
-    Cascade([("base", base), ("sr", sr)], clip=ClipEncoder.default()).save_pretrained(tmp_path / "img")
+    Cascade([("base", base), ("sr", sr)], clip=load_cascade_clip()).save_pretrained(tmp_path / "img")
     seen, renders = [], images_eval.renders
     monkeypatch.setattr(
         images_eval, "renders", lambda idx, size, split="test": seen.append((idx, split)) or renders(idx, size, split)
@@ -301,7 +301,7 @@ def test_solver_and_augmentation_sweeps_write_a_row_per_setting_on_validation_pr
     from cdm3d.eval.points_eval import prompts_per_category
 
     tiny = point_cascade("tiny", "cpu")
-    Cascade(list(tiny.stages.items()), clip=ClipEncoder.default()).save_pretrained(tmp_path / "tiny")
+    Cascade(list(tiny.stages.items()), clip=load_cascade_clip()).save_pretrained(tmp_path / "tiny")
     out = tmp_path / "sweep.json"
     argv = ["--model", str(tmp_path / "tiny"), "--classifier", str(root / "benchmarks/assets/classifier.safetensors")]
     argv += ["--settings", "ddim:2", "unipc:2", "--guidance", "1", "3", "--per-category", "1", "--batch", "13"]
@@ -336,7 +336,7 @@ def test_eval_of_a_high_noise_stage_reports_why_it_has_no_expert_ablation(tmp_pa
     high = build_stage(config)
     high.set_expert(_tiny_expert(high))
     stages = [("coarse", high), ("upsample", tiny.stages["upsample"])]
-    Cascade(stages, clip=ClipEncoder.default()).save_pretrained(tmp_path / "high")
+    Cascade(stages, clip=load_cascade_clip()).save_pretrained(tmp_path / "high")
     classifier = Path(__file__).resolve().parents[1] / "benchmarks/assets/classifier.safetensors"
     report = evaluate_points(tmp_path / "high", classifier, 1, 13, speed=False, overrides={"steps": 2})
     ablation = report["expert_ablation"]
@@ -354,7 +354,7 @@ def test_eval_and_selection_sweep_with_a_selector_stage(tmp_path) -> None:
 
     root = Path(__file__).resolve().parents[1]
     tiny = point_cascade("tiny", "cpu")
-    clip = ClipEncoder.default()
+    clip = load_cascade_clip()
     select = build_stage({"type": "points.select", "embed_dim": clip.embed_dim, "network": {"width": 8}})
     select.config = select.config.model_copy(
         update={"sampling": select.config.sampling.model_copy(update={"candidates": 3})}
@@ -399,7 +399,7 @@ def test_image_to_3d_benchmark_reports_the_text_prior_and_reframing_ablations(tm
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    clip = ClipEncoder.default()
+    clip = load_cascade_clip()
     clip.text_prior = copy.deepcopy(clip.model.visual)  # any tower of the CLIP's shape will do here
     tiny = point_cascade("tiny", "cpu")
     Cascade(list(tiny.stages.items()), clip=clip).save_pretrained(tmp_path / "shape")

@@ -11,7 +11,7 @@ from test_trainer import TINY_CLIP
 
 from cdm3d.core import Cascade, ClipEncoder, Conditioning, build_stage
 from cdm3d.errors import ConfigError, InputError
-from cdm3d.training.data.points import build_world_embeddings
+from cdm3d.training.data.world import build_world_embeddings
 from cdm3d.training.trainer import Trainer, TrainRecipe
 from cdm3d.types import Images
 
@@ -243,7 +243,7 @@ def test_tiny_image_training_lowers_the_loss(stage, emb_file, tmp_path) -> None:
 
 
 def test_render_cache_is_read_back_not_rebuilt(tmp_path, monkeypatch) -> None:
-    from cdm3d.training.data import images as image_data
+    from cdm3d.training.data import world as image_data
 
     first = image_data.load_renders("train", 6, 16, str(tmp_path), 1)
     assert first.shape == (6, 3, 16, 16) and (tmp_path / "world-renders-train-6x16.npy").exists()

@@ -12,7 +12,7 @@ from test_trainer import TINY_CLIP
 from cdm3d.core import Cascade, ClipEncoder, Conditioning, build_stage, load_stage, save_stage
 from cdm3d.errors import ConfigError, InputError, SamplingError
 from cdm3d.stages.mesh.sdf import SDFMeshConfig, SDFMeshStage
-from cdm3d.training.data.points import build_world_embeddings
+from cdm3d.training.data.world import build_world_embeddings
 from cdm3d.training.trainer import Trainer, TrainRecipe
 from cdm3d.types import Meshes, PointClouds
 

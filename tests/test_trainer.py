@@ -12,7 +12,7 @@ import torch.multiprocessing as tmp_mp
 
 from cdm3d.core import ClipEncoder
 from cdm3d.errors import TrainingError
-from cdm3d.training.data.points import build_world_embeddings
+from cdm3d.training.data.world import build_world_embeddings
 from cdm3d.training.trainer import Trainer, TrainRecipe, load_recipe
 
 TINY_CLIP = {
@@ -273,9 +273,9 @@ def test_warm_start_loads_a_trained_stage_into_a_network_with_added_layers(data_
     trainer = Trainer(recipe, tmp_path / "local")
     trained = load_stage(weights).state_dict()
     for k, v in trained.items():
-        assert torch.equal(trainer.stage.state_dict()[k], v), k
+        assert torch.equal(trainer.trainee.state_dict()[k], v), k
         assert torch.equal(trainer.ema.state_dict()[k], v), k
-    assert any(k.startswith("net.local_blocks.") for k in set(trainer.stage.state_dict()) - set(trained))
+    assert any(k.startswith("net.local_blocks.") for k in set(trainer.trainee.state_dict()) - set(trained))
     assert len(trainer.fit(progress=False)) == 10
     # A file of another stage type, a changed network, or no file: each a clear error.
     up = tmp_path / "up"

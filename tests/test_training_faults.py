@@ -50,13 +50,13 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(recipe_path, tm
 
 def _nan_trainer(recipe_path: Path, out: Path, steps: int, bad_steps: set[int], monkeypatch) -> Trainer:
     trainer = Trainer(_recipe(recipe_path, steps=steps, max_bad_steps=3), out)
-    real = trainer.stage.loss
+    real = trainer.trainee.loss
 
     def loss(*args, **kwargs):
         value = real(*args, **kwargs)
         return value * float("nan") if trainer.step in bad_steps else value
 
-    monkeypatch.setattr(trainer.stage, "loss", loss)
+    monkeypatch.setattr(trainer.trainee, "loss", loss)
     return trainer
 
 
@@ -67,7 +67,7 @@ def test_non_finite_losses_are_skipped_then_stop_training(recipe_path, tmp_path,
     with pytest.warns(UserWarning, match="non-finite loss skipped"):
         losses = trainer.fit(progress=False)
     assert trainer.step == 12 and len(losses) == 10 and all(np.isfinite(losses))
-    for p in trainer.stage.parameters():
+    for p in trainer.trainee.parameters():
         assert torch.isfinite(p).all()
 
     # Now every step is bad: three in a row stop the run, naming the step and the last good checkpoint.
@@ -84,11 +84,11 @@ def test_non_finite_gradients_are_skipped(recipe_path, tmp_path) -> None:
     import cdm3d.training.data.points  # noqa: F401
 
     trainer = Trainer(_recipe(recipe_path, steps=6), tmp_path / "run")
-    param = next(trainer.stage.net.parameters())
+    param = next(trainer.trainee.net.parameters())
     param.register_hook(lambda grad: grad * float("nan") if trainer.step == 2 else grad)
     with pytest.warns(UserWarning, match="step 2: non-finite gradients skipped"):
         losses = trainer.fit(progress=False)
-    assert len(losses) == 5 and all(torch.isfinite(p).all() for p in trainer.stage.parameters())
+    assert len(losses) == 5 and all(torch.isfinite(p).all() for p in trainer.trainee.parameters())
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint(recipe_path, tmp_path, monkeypatch) -> None:
@@ -167,18 +167,20 @@ def test_streamed_shards_survive_a_file_broken_mid_epoch(recipe_path, tmp_path) 
 
 
 def test_clip_training_resumes_exactly(tmp_path) -> None:
-    from cdm3d.training.clip_trainer import ClipRecipe, train_clip
+    """The CLIP trains through the same trainer as the stages: a run killed after its checkpoint resumes to
+    exactly the weights of an uninterrupted run."""
+    import cdm3d.training.clip as clip_trainer
 
-    recipe = ClipRecipe.model_validate(
+    data = {"type": "world.views", "objects": 12, "views": 1, "size": 32, "caption_variants": 4}
+    recipe = TrainRecipe.model_validate(
         {
-            "model": kill_resume.TINY_CLIP,
-            "data": {"objects": 12, "views": 1, "image_size": 32, "caption_variants": 4},
-            "train": {"steps": 6, "batch_size": 4, "warmup": 1, "checkpoint_every": 3},
+            "clip": {"model": kill_resume.TINY_CLIP},
+            "data": data | {"cache_dir": str(tmp_path / "cache"), "workers": 1},
+            "train": {"steps": 6, "batch_size": 4, "warmup": 1, "checkpoint_every": 3, "log_every": 1},
         }
     )
-    straight = train_clip(recipe, tmp_path / "a", progress=False)
-    import cdm3d.training.clip_trainer as clip_trainer
-
+    straight = Trainer(recipe, tmp_path / "a")
+    straight.fit(progress=False)
     real, calls = clip_trainer.clip_loss, []
 
     def crash_on_the_fifth_step(*args):
@@ -190,11 +192,14 @@ def test_clip_training_resumes_exactly(tmp_path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(clip_trainer, "clip_loss", crash_on_the_fifth_step)
         with pytest.raises(KeyboardInterrupt):
-            train_clip(recipe, tmp_path / "b", progress=False)
-    resumed = train_clip(recipe, tmp_path / "b", progress=False)
-    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+            Trainer(recipe, tmp_path / "b").fit(progress=False)
+    resumed = Trainer(recipe, tmp_path / "b")
+    resumed.fit(resume=True, progress=False)
+    for (name, a), (_, b) in zip(straight.ema.state_dict().items(), resumed.ema.state_dict().items()):
         assert torch.equal(a, b), name
-    assert [r.split(",")[0] for r in (tmp_path / "b" / "log.csv").read_text().splitlines()] == list("123456")
-    (tmp_path / "b" / "train_state.pt").write_bytes(b"\x80\x04 damaged")
+    assert (tmp_path / "a" / "clip.safetensors").read_bytes() == (tmp_path / "b" / "clip.safetensors").read_bytes()
+    rows = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == list("123456")
+    (tmp_path / "b" / "state.pt").write_bytes(b"\x80\x04 damaged")
     with pytest.raises(TrainingError, match="cannot resume"):
-        train_clip(recipe, tmp_path / "b", progress=False)
+        Trainer(recipe, tmp_path / "b").fit(resume=True, progress=False)

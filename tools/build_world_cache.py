@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
     from cdm3d.errors import Cdm3dError, StorageError, one_line
-    from cdm3d.training.data.points import build_geometry
+    from cdm3d.training.data.world import build_geometry
 
     try:
         if args.objects < 1 or args.points < 2 or args.workers < 1:

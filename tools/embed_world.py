@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.core import ClipEncoder
     from cdm3d.core.checkpoint import check_parent
     from cdm3d.errors import Cdm3dError, one_line
-    from cdm3d.training.data.points import build_world_embeddings
+    from cdm3d.training.data.world import build_world_embeddings
 
     try:
         check_parent(args.out)

@@ -1,7 +1,10 @@
-"""Evaluate a cdm3d CLIP on the world's test split (zero-shot category and colour, retrieval); write JSON.
+"""Evaluate a cdm3d CLIP (or its text prior) on the world's test split: zero-shot category and colour,
+text-image retrieval; write JSON.
 
+    bash tools/env.sh python tools/eval_clip.py --clip runs/clip/clip.safetensors \
+        --out benchmarks/results/clip_small.json
     bash tools/env.sh python tools/eval_clip.py --clip cdm3d/weights/default/clip.safetensors \
-        --out benchmarks/results/clip_small_eval.json
+        --text-prior runs/clip_text_prior/text_prior.safetensors --out benchmarks/results/clip_text_prior.json
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from cdm3d.errors import ArgumentParser
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, default=Path("cdm3d/weights/default/clip.safetensors"))
+    parser.add_argument(
+        "--text-prior", type=Path, default=None, help="evaluate this text prior of the CLIP (and its image tower)"
+    )
     parser.add_argument("--objects", type=int, default=500)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -27,7 +33,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_parent(args.out)
-        report = evaluate_clip(ClipEncoder.load(args.clip), args.objects)
+        encoder = ClipEncoder.load(args.clip)
+        if args.text_prior is None:
+            report = evaluate_clip(encoder, args.objects)
+        else:
+            encoder.load_text_prior(args.text_prior)
+            report = evaluate_clip(encoder, args.objects, text_prior=True)
+            tower = evaluate_clip(encoder, args.objects)
+            report["image_tower"] = {k: v for k, v in tower.items() if k != "per_category"}
+            report["text_prior"] = str(args.text_prior)
         report["weights"] = str(args.clip)
         write_text(args.out, json.dumps(report, indent=2))
     except Cdm3dError as err:

@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.errors import Cdm3dError, InputError, one_line
     from cdm3d.stages import load_builtin
     from cdm3d.stages.images.sr import resize_images
-    from cdm3d.training.data.images import load_renders, redraw_with_base
-    from cdm3d.training.data.points import load_embeddings
+    from cdm3d.training.data.images import redraw_with_base
+    from cdm3d.training.data.world import load_renders
+    from cdm3d.training.data.world import load_embeddings
 
     try:
         check_parent(args.out)

@@ -1,6 +1,6 @@
-"""Train one stage with the generic trainer.
+"""Train a stage, or the CLIP, with cdm3d's trainer.
 
-    bash tools/env.sh python tools/train.py --config configs/train/points_coarse.yaml --out runs/coarse
+    bash tools/env.sh python tools/train.py --config configs/train/points/coarse.yaml --out runs/coarse
     bash tools/env.sh python tools/train.py --config ... --out runs/coarse --resume
     torchrun --nproc-per-node 8 tools/train.py --config ... --out runs/coarse --device cuda
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             fit_schedule=args.fit_schedule,
         )
         if losses and trainer.rank == 0:
-            print(f"step {trainer.step}: last loss {losses[-1]:.4f}; weights in {args.out / 'stage.safetensors'}")
+            print(f"step {trainer.step}: last loss {losses[-1]:.4f}; weights in {args.out / trainer.weights_file}")
             if args.fit_schedule:
                 print(f"schedule fitted to the time limit: it ends at step {trainer.lr_horizon} (train.steps)")
     except Cdm3dError as err:

@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from cdm3d.core.checkpoint import check_parent, write_text
     from cdm3d.eval.classifier import train_classifier, world_labels
-    from cdm3d.training.data.points import build_geometry
+    from cdm3d.training.data.world import build_geometry
 
     cache = args.cache_dir / f"world-train-{args.objects}x{args.points}.npy"
     if cache.exists():
@@ -84,7 +84,7 @@ def _run_images(args: argparse.Namespace) -> int:
 
     from cdm3d.core.checkpoint import check_parent, write_text
     from cdm3d.eval.classifier import train_image_classifier, world_labels
-    from cdm3d.training.data.images import load_renders
+    from cdm3d.training.data.world import load_renders
 
     check_parent(args.out)
     renders = load_renders("train", args.objects, 64, str(args.cache_dir), args.workers)

@@ -9,6 +9,7 @@ from cdm3d.core.cascade import Cascade, CascadeOutput
 from cdm3d.core.clip import ClipEncoder
 from cdm3d.core.conditioning import Conditioning
 from cdm3d.core.config import StrictConfig, load_yaml, updated, validate
+from cdm3d.core.folder import load_cascade_clip
 from cdm3d.core.registry import STAGES, Registry
 from cdm3d.core.selection import SelectionConfig, SelectorStage, SelectorStageConfig
 from cdm3d.core.stage import (
@@ -43,6 +44,7 @@ __all__ = [
     "TrainableStage",
     "TrainableStageConfig",
     "build_stage",
+    "load_cascade_clip",
     "load_stage",
     "load_yaml",
     "save_stage",

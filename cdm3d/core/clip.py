@@ -208,17 +208,6 @@ class ClipEncoder:
         return cls(model, tokenizer, "custom", custom_config=config)
 
     @classmethod
-    def default(cls) -> ClipEncoder:
-        """The small CLIP shipped in cdm3d's default cascade folder, with that folder's image framing."""
-        from cdm3d.core.cascade import load_cascade_clip  # cascade imports this module
-        from cdm3d.paths import DEFAULT_MODEL
-
-        path = DEFAULT_MODEL / "clip.safetensors"
-        if not path.is_file():
-            raise UnavailableError(f"the shipped CLIP is missing ({path}); reinstall cdm3d or {_ALTERNATIVES}")
-        return load_cascade_clip(DEFAULT_MODEL)
-
-    @classmethod
     def load(cls, path: str | Path) -> ClipEncoder:
         """A custom CLIP saved by :meth:`save` (safetensors, config inside)."""
         import json

@@ -46,22 +46,10 @@ def sample_loop(
         low_noise: ``(switch, fn)``: ``fn`` replaces ``model_fn`` at timesteps below ``switch``
             (a low-noise expert denoiser, as in eDiff-I). Decided on the CPU copy of the
             timesteps, so no host synchronisation.
+        init, start: SDEdit: start at step ``start`` from ``init`` noised to that step's level.
     """
     step_kwargs = {"generator": generator} if step_accepts_generator(scheduler) else {}
-    timesteps = scheduler.timesteps
-    if init is None:
-        if start:
-            raise SamplingError(f"{what}: starting at step {start} needs an initial sample")
-        x = noise * scheduler.init_noise_sigma
-    else:
-        if not 0 <= start < len(timesteps):
-            raise SamplingError(f"{what}: start step {start} is outside the {len(timesteps)} steps")
-        if init.shape != noise.shape:
-            raise SamplingError(f"{what}: initial sample of shape {tuple(init.shape)}, noise {tuple(noise.shape)}")
-        timesteps = timesteps[start:]
-        if hasattr(scheduler, "set_begin_index"):  # multistep and sigma-indexed solvers count from here
-            scheduler.set_begin_index(start)
-        x = scheduler.add_noise(init.to(noise), noise, timesteps[:1].expand(noise.shape[0]))
+    x, timesteps = _starting_point(noise, scheduler, init, start, what)
     total = len(timesteps)
     # On the CPU the check stops at the first bad step. On an accelerator it keeps the first bad
     # step on the device and reads it once after the loop: no host synchronisation per step.
@@ -86,6 +74,26 @@ def sample_loop(
     if check_finite and not eager and int(first_bad):
         raise _non_finite(what, int(first_bad), timesteps)
     return x
+
+
+def _starting_point(
+    noise: torch.Tensor, scheduler: Any, init: torch.Tensor | None, start: int, what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first sample and the timesteps left to run: pure noise at the first step, or (SDEdit) ``init``
+    noised to the level of step ``start``."""
+    timesteps = scheduler.timesteps
+    if init is None:
+        if start:
+            raise SamplingError(f"{what}: starting at step {start} needs an initial sample")
+        return noise * scheduler.init_noise_sigma, timesteps
+    if not 0 <= start < len(timesteps):
+        raise SamplingError(f"{what}: start step {start} is outside the {len(timesteps)} steps")
+    if init.shape != noise.shape:
+        raise SamplingError(f"{what}: initial sample of shape {tuple(init.shape)}, noise {tuple(noise.shape)}")
+    timesteps = timesteps[start:]
+    if hasattr(scheduler, "set_begin_index"):  # multistep and sigma-indexed solvers count from here
+        scheduler.set_begin_index(start)
+    return scheduler.add_noise(init.to(noise), noise, timesteps[:1].expand(noise.shape[0])), timesteps
 
 
 def _non_finite(what: str, step: int, timesteps: torch.Tensor) -> SamplingError:

@@ -158,6 +158,73 @@ class SelectorStage(TrainableStage):
         return torch.stack(losses).mean()
 
 
+class Candidates:
+    """The bookkeeping of a cascade run whose selector stage draws several candidates per example.
+
+    Until the selector that asked for them, every stage runs on ``per`` rows per example (example ``i``'s
+    candidates are rows ``i * per .. i * per + per - 1``); a selector keeps the rows of its best ``keep`` per
+    example (the earlier stages' outputs too); after the last one each example's best is kept.
+    """
+
+    def __init__(self, cond: Conditioning, selector: str | None, per: int) -> None:
+        self.cond, self.selector, self.per, self.batch = cond, selector, per, cond.batch_size
+        self.run_cond = cond.repeat_interleave(per) if per > 1 else cond
+        self.choosing = False  # from the selector that asked for the candidates on, selectors choose
+
+    @classmethod
+    def for_run(cls, stages: dict[str, Any], names: list[str], sampling: dict[str, Any], cond: Conditioning):
+        """The run's drawing selector and its candidate count (1: none). A selector that starts the run has no
+        earlier stage to draw candidates from: it passes its input on."""
+        wanted = {n: s.candidates(sampling.get(n)) for n in names[1:] if isinstance(s := stages[n], SelectorStage)}
+        asking = [n for n, k in wanted.items() if k > 1]
+        if len(asking) > 1:
+            raise InputError(f"only one selector stage per run can draw several candidates; these do: {asking}")
+        return cls(cond, *((asking[0], wanted[asking[0]]) if asking else (None, 1)))
+
+    def spread(self, init: Any, what: str) -> Any:
+        """The run's input, each example repeated for its candidates."""
+        if self.per == 1 or init is None:
+            return init
+        return rows_of(init, torch.arange(self.batch).repeat_interleave(self.per), what)
+
+    def chooses(self, name: str, stage: Any) -> bool:
+        """Whether stage ``name`` (the next to run) chooses among candidates."""
+        self.choosing = self.choosing or name == self.selector
+        return self.choosing and self.per > 1 and isinstance(stage, SelectorStage)
+
+    def choose(
+        self, stage: SelectorStage, prev: Any, outputs: dict[str, Any], generator: Any, settings: Any, what: str
+    ) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor]]:
+        """Score the candidates ``prev`` (``what``: the output they are), keep each example's best ``keep``;
+        returns the kept ``prev``, the earlier ``outputs`` at the same rows, and the stage's selection record."""
+        scores = stage.score(prev, self.run_cond, generator=generator, sampling=settings).view(self.batch, self.per)
+        kept = scores.topk(min(stage.resolve_sampling(settings).keep, self.per), dim=1).indices
+        rows = (torch.arange(self.batch)[:, None] * self.per + kept).flatten()
+        outputs = {n: rows_of(v, rows, f"the output of '{n}'") for n, v in outputs.items()}
+        prev = rows_of(prev, rows, what)
+        self.per = kept.shape[1]
+        self.run_cond = self.cond.repeat_interleave(self.per) if self.per > 1 else self.cond
+        return prev, outputs, {"scores": scores, "chosen": kept[:, 0], "kept": kept}
+
+    def finish(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        """The outputs with one row per example: where no later selector chose among the last one's kept
+        candidates, each example's best."""
+        if self.per == 1:
+            return outputs
+        rows = torch.arange(self.batch) * self.per
+        return {n: rows_of(v, rows, f"the output of '{n}'") for n, v in outputs.items()}
+
+
+def rows_of(output: Any, rows: torch.Tensor, what: str) -> Any:
+    """``output[rows]``: the rows of a batched output (a selector keeps or repeats examples)."""
+    try:
+        return output[rows]
+    except (TypeError, IndexError, KeyError) as err:
+        raise InputError(
+            f"a selector stage needs {what} ({type(output).__name__}) to be indexable by rows: {err}"
+        ) from None
+
+
 def members(z: torch.Tensor) -> torch.Tensor:
     """A selector network's output as ``[B, M, D]``: one network's ``[B, D]`` is an ensemble of one."""
     return z[:, None] if z.dim() == 2 else z

@@ -422,31 +422,10 @@ class DiffusionStage(TrainableStage):
                 c = noise_condition(c, level, generator)
         scheduler = self._scheduler_for(s)
         start = self._start_step(s, scheduler)
-        init = None
-        if start:
-            init = self.init_sample(prev)
-            if init is None:
-                raise InputError(
-                    f"stage '{self.name}' has no initial guess of its output to start from; "
-                    f"sampling.strength must be 1, got {s.strength}"
-                )
-            init = init.to(self.device, torch.float32)
+        init = self._initial_guess(prev, s) if start else None
         # Noise is drawn on the CPU so a seed gives the same sample on any device.
         noise = torch.randn((batch, *self.sample_shape()), generator=generator).to(self.device)
-        net = self._compiled_net(s.compile_mode) if s.compile else self.net
-        interval = None if s.guidance_interval is None else tuple(s.guidance_interval)
-        model_fn = guided(net, emb, null_emb, s.guidance_scale, (c, level), interval)
-        low_noise = None
-        if self.lowest_timestep > 0 and (self.expert is None or not s.expert):
-            raise InputError(
-                f"stage '{self.name}' is trained on timesteps [{self.lowest_timestep}, ...) only and needs its "
-                "low-noise expert below that; load the cascade it was assembled with and leave sampling.expert on"
-            )
-        if self.expert is not None and s.expert:
-            expert = self.expert
-            expert_net = expert._compiled_net(s.compile_mode) if s.compile else expert.net
-            scale = s.guidance_scale if s.expert_guidance_scale is None else s.expert_guidance_scale
-            low_noise = (self.expert_switch, guided(expert_net, emb, null_emb, scale, (c, level), interval))
+        model_fn, low_noise = self._model_fns(s, emb, null_emb, (c, level))
         use_bf16 = s.autocast and self.device.type == "cuda"
         was_training = self.training
         self.eval()
@@ -467,6 +446,34 @@ class DiffusionStage(TrainableStage):
         finally:
             self.train(was_training)
         return self.to_output(x, prev)
+
+    def _initial_guess(self, prev: Any, s: SamplingConfig) -> torch.Tensor:
+        """Where SDEdit (``strength`` below 1) starts: the stage's own guess of its output."""
+        init = self.init_sample(prev)
+        if init is None:
+            raise InputError(
+                f"stage '{self.name}' has no initial guess of its output to start from; "
+                f"sampling.strength must be 1, got {s.strength}"
+            )
+        return init.to(self.device, torch.float32)
+
+    def _model_fns(
+        self, s: SamplingConfig, emb: torch.Tensor, null_emb: torch.Tensor, cond: tuple[Any, Any]
+    ) -> tuple[Any, tuple[int, Any] | None]:
+        """The guided model function, and ``(switch, fn)`` of the low-noise expert when it denoises."""
+        interval = None if s.guidance_interval is None else tuple(s.guidance_interval)
+        net = self._compiled_net(s.compile_mode) if s.compile else self.net
+        model_fn = guided(net, emb, null_emb, s.guidance_scale, cond, interval)
+        if self.lowest_timestep > 0 and (self.expert is None or not s.expert):
+            raise InputError(
+                f"stage '{self.name}' is trained on timesteps [{self.lowest_timestep}, ...) only and needs its "
+                "low-noise expert below that; load the cascade it was assembled with and leave sampling.expert on"
+            )
+        if self.expert is None or not s.expert:
+            return model_fn, None
+        expert_net = self.expert._compiled_net(s.compile_mode) if s.compile else self.expert.net
+        scale = s.guidance_scale if s.expert_guidance_scale is None else s.expert_guidance_scale
+        return model_fn, (self.expert_switch, guided(expert_net, emb, null_emb, scale, cond, interval))
 
     def _compiled_net(self, mode: str) -> Any:
         cache = self.__dict__.setdefault("_compiled", {})  # kept out of the module tree and the state dict

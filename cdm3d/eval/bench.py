@@ -101,9 +101,8 @@ def point_cascade(geometry: str | Path, device: str) -> Cascade:
     path = Path(geometry)
     if not path.is_dir():
         raise InputError(f"unknown geometry {geometry!r}: use {', '.join(GEOMETRIES)} or a cascade folder")
-    from cdm3d.eval.stages import point_stages
 
-    return point_stages(path, load_clip=False, select=False).to(device)
+    return Cascade.from_pretrained(path, load_clip=False).producing("PointClouds", selectors=False).to(device)
 
 
 def random_conditioning(cascade: Cascade, batch: int) -> Conditioning:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cdm3d.core.checkpoint import load_state_into, load_tensors, save_tensors
+from cdm3d.data.augment import augment_images
 from cdm3d.data.vocab import CATEGORIES, COLORS
 from cdm3d.errors import CheckpointError
 from cdm3d.models.point_critic import point_mlp, pool
@@ -129,19 +130,6 @@ class ImageClassifier(_Classifier):
             cats.append(cat.argmax(-1))
             cols.append(col.argmax(-1))
         return torch.cat(cats), torch.cat(cols)
-
-
-def augment_images(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``x [B, 3, S, S]`` in [0, 1]: half of them through 32 px, then pixel noise and a shift of a few pixels,
-    as generated (and upsampled) images would be."""
-    b, _, s, _ = x.shape
-    low = F.interpolate(F.interpolate(x, size=s // 2, mode="bilinear", antialias=True), size=s, mode="bilinear")
-    pick = (torch.rand(b, 1, 1, 1, generator=generator) < 0.5).to(x.dtype)
-    x = pick * low + (1 - pick) * x
-    x = x + torch.randn(x.shape, generator=generator) * torch.rand(b, 1, 1, 1, generator=generator) * 0.05
-    dx, dy = torch.randint(-3, 4, (2,), generator=generator).tolist()
-    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-    return x.clamp(0, 1)
 
 
 def train_image_classifier(

@@ -29,7 +29,6 @@ from cdm3d.data.world import World
 from cdm3d.eval.classifier import ImageClassifier
 from cdm3d.eval.clip_eval import attribute_aware_predict, variant_tables
 from cdm3d.eval.points_eval import prompts_per_category
-from cdm3d.eval.stages import point_stages
 from cdm3d.types import Images
 
 
@@ -263,7 +262,7 @@ def _to_3d(shape_model, classifier_path, prompts, real, generated, batch, overri
     """Point-classifier fidelity of the 3D cascade's final clouds from test renders (image -> 3D, and its
     ablations: without the CLIP's text prior, without reframing) and from the generated images together with
     the prompts' text (text -> image -> 3D)."""
-    points = point_stages(shape_model)
+    points = Cascade.from_pretrained(shape_model).producing("PointClouds")
     runs = image_conditionings(points, real)
     runs.insert(1, ("text_image_to_3d", points.encode([p[1] for p in prompts], generated)))
     return _fidelity_of_runs(points, classifier_path, prompts, runs, batch, overrides)
@@ -313,7 +312,7 @@ def evaluate_image_to_3d(
     classifier's fidelity of final clouds from default-camera renders of ``split``'s objects, with the
     ablations of :func:`image_conditionings`, and seconds per image at batch 1 (median of 3)."""
     torch.manual_seed(0)
-    points = point_stages(shape_model)
+    points = Cascade.from_pretrained(shape_model).producing("PointClouds")
     prompts = prompts_per_category(per_category, split)
     real = renders([p[0] for p in prompts], size, split)
     runs = image_conditionings(points, real)

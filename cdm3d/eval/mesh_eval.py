@@ -34,7 +34,6 @@ from cdm3d.errors import Cdm3dError
 from cdm3d.eval.classifier import CLASSIFIER_POINTS, PointClassifier
 from cdm3d.eval.point_metrics import chamfer
 from cdm3d.eval.points_eval import generate, ground_truth, prompts_per_category
-from cdm3d.eval.stages import mesh_stages
 from cdm3d.types import PointClouds
 
 
@@ -186,7 +185,7 @@ def evaluate_meshes(
 
     torch.manual_seed(0)
     full = Cascade.from_pretrained(model)
-    mesher, chooser = mesh_stages(full)
+    mesher, chooser = full.last_producer("Meshes")
     if mesh_stage is not None:
         path = str(mesh_stage)
         stage = build_stage(load_yaml(path)) if path.endswith((".yaml", ".yml")) else load_stage(path)

@@ -173,10 +173,9 @@ def evaluate_points(
     ``overrides`` (solver, steps) apply to every diffusion stage, ``guidance`` to the first.
     """
     from cdm3d.core import DiffusionStage, SelectorStage, load_stage
-    from cdm3d.eval.stages import point_stages
 
     torch.manual_seed(0)
-    cascade = point_stages(model)
+    cascade = Cascade.from_pretrained(model).producing("PointClouds")
     names = cascade.names
     diffusion = [n for n in names if isinstance(cascade.stages[n], DiffusionStage)]
     selectors = [n for n in names if isinstance(cascade.stages[n], SelectorStage)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -60,3 +61,9 @@ class Camera:
         light_cam = torch.tensor([-0.4, 0.7, 0.6])
         light = view[:3, :3].T @ light_cam
         return light / light.norm()
+
+
+def random_camera(rng: random.Random) -> Camera:
+    """A view of the kind CLIP and the world's embeddings are trained on: any azimuth, elevation 10-40 degrees,
+    distance 2.7."""
+    return Camera(azimuth=rng.uniform(0, 360), elevation=rng.uniform(10, 40), distance=2.7)

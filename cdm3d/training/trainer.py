@@ -1,15 +1,21 @@
-"""The generic stage trainer: one loop for every trainable stage.
+"""The trainer: one loop for everything cdm3d trains (every trainable stage, and the CLIP).
 
 EMA weights, bf16 autocast on CUDA, gradient clipping, periodic atomic
 checkpoints, exact ``--resume`` (model, EMA, optimizer, step and the random
 generator all restored), CSV and TensorBoard logs, the resolved recipe saved in
 the run folder, and data parallelism through ``torchrun`` (DDP; gloo on CPU).
 
+What it trains (a *trainee*) is a module with ``net`` (what data parallelism wraps) and
+``loss(*batch, generator=, part=, net=)``, where ``batch`` is what the recipe's data source draws: a
+:class:`~cdm3d.core.TrainableStage` (a batch ``(x0, cond, cond_input)``) or a
+:class:`~cdm3d.training.clip.ClipTrainee` (``(pixels, tokens)``).
+
 A run folder holds::
 
     recipe.json        the resolved recipe
     state.pt           training state (weights, EMA, optimizer, step, RNG); torch.load(weights_only=True)
     stage.safetensors  EMA weights with the stage config inside: the inference weights
+                       (a CLIP run: clip.safetensors, or text_prior.safetensors)
     log.csv            step, loss, learning rate, seconds
 """
 
@@ -17,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 import warnings
@@ -25,64 +30,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from torch import nn
 
 from cdm3d.core import TrainableStage
 from cdm3d.core.checkpoint import atomic_path, config_from_metadata, load_state_into, load_tensors, write_text
-from cdm3d.core.config import StrictConfig, load_yaml, validate
+from cdm3d.core.config import validate
 from cdm3d.core.stage_io import build_stage, save_stage
 from cdm3d.errors import CheckpointError, ConfigError, StorageError, TrainingError
 from cdm3d.training.data import DATASETS, load_builtin
+from cdm3d.training.recipe import TrainRecipe, TrainSettings, load_recipe, lr_at
+
+__all__ = ["STATE_FILE", "TrainRecipe", "TrainSettings", "Trainer", "load_recipe", "lr_at", "warm_start"]
 
 STATE_FILE = "state.pt"
-WEIGHTS_FILE = "stage.safetensors"
-
-
-class TrainSettings(StrictConfig):
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(32, ge=1)  # global batch, split over data-parallel processes
-    lr: float = Field(3e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    ema_decay: float = Field(0.999, ge=0, lt=1)
-    seed: int = 0
-    checkpoint_every: int = Field(200, ge=1)
-    log_every: int = Field(10, ge=1)
-    # Non-finite losses are skipped with a warning; this many in a row stop training.
-    max_bad_steps: int = Field(5, ge=1)
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    # Warm start: a stage weights file of the same type whose tensors initialise the network; tensors the
-    # network has and the file lacks (layers added to a trained model) keep their fresh initialisation.
-    init_from: str | None = None
-
-
-class TrainRecipe(StrictConfig):
-    stage: dict[str, Any]
-    data: dict[str, Any]
-    train: TrainSettings = TrainSettings()
-
-
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainRecipe:
-    """A recipe YAML; ``stage`` may name a stage config file relative to the recipe."""
-    path = Path(path)
-    data = load_yaml(path)
-    if isinstance(data.get("stage"), str):
-        data["stage"] = load_yaml((path.parent / data["stage"]).resolve())
-    for key, value in (overrides or {}).items():
-        section, _, field = key.partition(".")
-        if section not in data or not isinstance(data[section], dict) or not field:
-            raise ConfigError(f"override {key!r} must look like section.field (train.steps)")
-        data[section] = {**data[section], field: value}
-    return validate(TrainRecipe, data, str(path))
-
-
-def lr_at(step: int, s: TrainSettings, horizon: int | None = None) -> float:
-    """Linear warm-up, then cosine decay to a tenth at ``horizon`` (default: ``s.steps``), then flat."""
-    if step < s.warmup:
-        return s.lr * (step + 1) / s.warmup
-    progress = (step - s.warmup) / max(1, (horizon or s.steps) - s.warmup)
-    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+STAGE_WEIGHTS = "stage.safetensors"
 
 
 def _dist() -> tuple[int, int]:
@@ -91,8 +52,49 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+def build_trainee(recipe: TrainRecipe) -> nn.Module:
+    """What the recipe trains: its stage, or its CLIP."""
+    if recipe.clip is not None:
+        from cdm3d.training.clip import ClipTrainee
+
+        return ClipTrainee(recipe.clip, seed=recipe.train.seed)
+    stage = build_stage(recipe.stage, "recipe stage")
+    if not isinstance(stage, TrainableStage):
+        raise ConfigError(f"stage type {recipe.stage['type']!r} has nothing to train")
+    return stage
+
+
+def weights_file(trainee: nn.Module) -> str:
+    """The name of a run's inference weights file."""
+    return STAGE_WEIGHTS if isinstance(trainee, TrainableStage) else trainee.weights_file
+
+
+def save_weights(trainee: nn.Module, path: Path) -> None:
+    """A trainee's inference weights: a stage file (config inside), or the trainee's own format."""
+    if isinstance(trainee, TrainableStage):
+        save_stage(trainee, path)
+    else:
+        trainee.save_weights(path)
+
+
+def param_groups(trainee: nn.Module, s: TrainSettings) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: weight decay on every trained parameter, or (``decay_all`` off)
+    on weight matrices only."""
+    params = [(n, p) for n, p in trainee.named_parameters() if p.requires_grad]
+    if s.decay_all:
+        return [{"params": [p for _, p in params], "weight_decay": s.weight_decay}]
+
+    def decayed(name: str, p: torch.Tensor) -> bool:
+        return p.ndim >= 2 and "embedding" not in name
+
+    return [
+        {"params": [p for n, p in params if decayed(n, p)], "weight_decay": s.weight_decay},
+        {"params": [p for n, p in params if not decayed(n, p)], "weight_decay": 0.0},
+    ]
+
+
 class Trainer:
-    """Trains ``recipe.stage`` on ``recipe.data`` into the run folder ``out``."""
+    """Trains what ``recipe`` names (a stage or a CLIP) on ``recipe.data`` into the run folder ``out``."""
 
     def __init__(self, recipe: TrainRecipe, out: str | Path, device: str | torch.device = "cpu") -> None:
         self.recipe = recipe
@@ -100,28 +102,21 @@ class Trainer:
         self.device = torch.device(device)
         self.rank, self.world = _dist()
         torch.manual_seed(recipe.train.seed)
-        self.stage = build_stage(recipe.stage, "recipe stage")
-        if not isinstance(self.stage, TrainableStage):
-            raise ConfigError(f"stage type {recipe.stage['type']!r} has nothing to train")
-        data_type = recipe.data.get("type")
-        if not isinstance(data_type, str):
-            raise ConfigError("the recipe's data section needs a 'type'")
-        load_builtin()
-        data_cfg_cls, data_cls = DATASETS.get(data_type)
-        self.data = data_cls(validate(data_cfg_cls, recipe.data, "recipe data"), self.stage)
+        self.trainee = build_trainee(recipe)
+        self.weights_file = weights_file(self.trainee)
+        self.data = _data_source(recipe, self.trainee)
         if self.device.type == "cuda" and hasattr(self.data, "to"):
             self.data.to(self.device)  # batches gathered on the GPU (same random draws as on the CPU)
         if recipe.train.init_from is not None:
-            warm_start(self.stage, recipe.train.init_from)
-        self.stage.to(self.device).train()
-        self.ema = copy.deepcopy(self.stage).eval().requires_grad_(False)
-        self.model: torch.nn.Module = self.stage.net
+            warm_start(self.trainee, recipe.train.init_from)
+        self.trainee.to(self.device).train()
+        self.ema = copy.deepcopy(self.trainee).eval().requires_grad_(False)
+        self.model: nn.Module = self.trainee.net
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.stage.net, device_ids=ids)
-        params = [p for p in self.stage.parameters() if p.requires_grad]
+            self.model = torch.nn.parallel.DistributedDataParallel(self.trainee.net, device_ids=ids)
         s = recipe.train
-        self.opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        self.opt = torch.optim.AdamW(param_groups(self.trainee, s), lr=s.lr, betas=tuple(s.betas))
         self.generator = torch.Generator().manual_seed(s.seed)
         self.step = 0
         self.bad_steps = 0
@@ -131,7 +126,7 @@ class Trainer:
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "stage": self.stage.state_dict(),
+            "stage": self.trainee.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.opt.state_dict(),
             "step": torch.tensor(self.step),
@@ -149,7 +144,7 @@ class Trainer:
         if _comparable(saved_recipe) != _comparable(json.loads(self.recipe.model_dump_json())):
             raise TrainingError(f"cannot resume: {path} was written by a different recipe; use a new run folder")
         try:
-            self.stage.load_state_dict(state["stage"])
+            self.trainee.load_state_dict(state["stage"])
             self.ema.load_state_dict(state["ema"])
             self.opt.load_state_dict(state["optimizer"])
             self.step = int(state["step"])
@@ -167,8 +162,9 @@ class Trainer:
             # Both files are written in full to temporary files first (a failure leaves both old ones),
             # then renamed weights first: a kill between the renames leaves an older state, whose resumed
             # run recomputes the same weights; never a final state beside stale weights.
-            with atomic_path(self.out / STATE_FILE) as state_tmp, atomic_path(self.out / WEIGHTS_FILE) as weights_tmp:
-                save_stage(self.ema, weights_tmp)
+            state_path, weights_path = self.out / STATE_FILE, self.out / self.weights_file
+            with atomic_path(state_path) as state_tmp, atomic_path(weights_path) as weights_tmp:
+                save_weights(self.ema, weights_tmp)
                 torch.save(self.state_dict(), state_tmp)
         except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
             if isinstance(err, RuntimeError) and "write" not in str(err).lower() and "file" not in str(err).lower():
@@ -178,24 +174,22 @@ class Trainer:
                 "checkpoint is intact: free space (or fix the folder) and continue with --resume"
             ) from err
 
-    # -- loop -------------------------------------------------------------------------------
+    # -- one step ---------------------------------------------------------------------------
     def _update_ema(self) -> None:
         decay = min(self.recipe.train.ema_decay, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.stage.parameters()), 1 - decay)
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.trainee.parameters()), 1 - decay)
 
     def train_step(self) -> float | None:
         s = self.recipe.train
-        x0, cond, cond_input = self.data.batch(s.batch_size, self.generator)
-        x0 = x0.to(self.device)
-        cond = cond.to(self.device)
-        cond_input = None if cond_input is None else cond_input.to(self.device)
+        batch = _to(self.data.batch(s.batch_size, self.generator), self.device)
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, s, self.lr_horizon)
         autocast = torch.autocast("cuda", torch.bfloat16, enabled=s.amp and self.device.type == "cuda")
         part = (self.rank, self.world) if self.world > 1 else None
         with autocast:
-            loss = self._loss(x0, cond, cond_input, part)
+            # Through the DDP wrapper, so its gradient hooks run.
+            loss = self.trainee.loss(*batch, generator=self.generator, part=part, net=self.model)
         self.opt.zero_grad(set_to_none=True)
         finite = torch.isfinite(loss.detach()).float()
         if self.world > 1:  # every process skips, or none does: they must stay in step
@@ -203,7 +197,7 @@ class Trainer:
         if not bool(finite):
             return self._bad_step("non-finite loss")
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.stage.parameters(), s.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.trainee.parameters(), s.grad_clip)
         if not torch.isfinite(norm):  # a finite loss can still have non-finite gradients
             self.opt.zero_grad(set_to_none=True)
             return self._bad_step("non-finite gradients")
@@ -225,10 +219,7 @@ class Trainer:
         self.step += 1
         return None
 
-    def _loss(self, x0, cond, cond_input, part) -> torch.Tensor:
-        # Through the DDP wrapper, so its gradient hooks run.
-        return self.stage.loss(x0, cond, cond_input, self.generator, part=part, net=self.model)
-
+    # -- the loop ---------------------------------------------------------------------------
     def fit(
         self,
         resume: bool = False,
@@ -256,30 +247,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         s = self.recipe.train
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StorageError(f"cannot create the run folder {self.out}: {err.strerror or err}") from None
-        if not os.access(self.out, os.W_OK):
-            raise StorageError(f"the run folder {self.out} is not writable")
-        state_path = self.out / STATE_FILE
-        if self.rank == 0:  # temporary files of writes that a kill interrupted: never read, just removed
-            ours = (STATE_FILE, WEIGHTS_FILE, "log.csv", "recipe.json", "data_report.json")
-            for stale in self.out.glob(".*.tmp"):
-                if stale.name.lstrip(".").startswith(ours):
-                    stale.unlink(missing_ok=True)
-        if resume and state_path.exists():
-            self.load_state(state_path)
-        elif state_path.exists():
-            raise TrainingError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
-        if self.rank == 0:
-            write_text(self.out / "recipe.json", self.recipe.model_dump_json(indent=2))
-        writer = _tensorboard(self.out) if self.rank == 0 else None
-        if self.rank == 0:
-            truncate_log(self.out / "log.csv", self.step)
-        log = (self.out / "log.csv").open("a") if self.rank == 0 else None
-        if log is not None and log.tell() == 0:
-            log.write("step,loss,lr,seconds\n")
+        self._open_run(resume)
+        log = _RunLog(self.out) if self.rank == 0 else None
         losses: list[float] = []
         bar = tqdm(total=s.steps, initial=self.step, desc="train", disable=not progress or self.rank != 0)
         start, first = time.time(), self.step
@@ -292,13 +261,8 @@ class Trainer:
                 if loss is not None:
                     losses.append(loss)
                     if log is not None and (self.step % s.log_every == 0 or self.step == s.steps):
-                        lr = self.opt.param_groups[0]["lr"]
-                        log.write(f"{self.step},{loss:.6f},{lr:.3e},{time.time() - start:.1f}\n")
-                        log.flush()
+                        log.write(self.step, loss, self.opt.param_groups[0]["lr"], time.time() - start)
                         bar.set_postfix(loss=f"{loss:.4f}")
-                        if writer is not None:
-                            writer.add_scalar("loss", loss, self.step)
-                            writer.add_scalar("lr", lr, self.step)
                 out_of_time = time_limit is not None and time.time() - start > time_limit
                 done = self.step == s.steps or (fit_schedule and self.step == self.lr_horizon)
                 if self.step % s.checkpoint_every == 0 or done or out_of_time:
@@ -309,10 +273,30 @@ class Trainer:
             bar.close()
             if log is not None:
                 log.close()
-            if writer is not None:
-                writer.close()
             self._write_data_report()
         return losses
+
+    def _open_run(self, resume: bool) -> None:
+        """Make the run folder, clear interrupted writes, and resume its state (or refuse to overwrite it)."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(f"cannot create the run folder {self.out}: {err.strerror or err}") from None
+        if not os.access(self.out, os.W_OK):
+            raise StorageError(f"the run folder {self.out} is not writable")
+        state_path = self.out / STATE_FILE
+        if self.rank == 0:  # temporary files of writes that a kill interrupted: never read, just removed
+            ours = (STATE_FILE, self.weights_file, "log.csv", "recipe.json", "data_report.json")
+            for stale in self.out.glob(".*.tmp"):
+                if stale.name.lstrip(".").startswith(ours):
+                    stale.unlink(missing_ok=True)
+        if resume and state_path.exists():
+            self.load_state(state_path)
+        elif state_path.exists():
+            raise TrainingError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if self.rank == 0:
+            write_text(self.out / "recipe.json", self.recipe.model_dump_json(indent=2))
+            truncate_log(self.out / "log.csv", self.step)
 
     def _fit_horizon(self, time_limit: float, elapsed: float, steps_done: int) -> None:
         """End the schedule where the remaining time runs out at the speed measured so far (5% kept spare
@@ -341,12 +325,51 @@ class Trainer:
             )
 
 
-def warm_start(stage: TrainableStage, path: str | Path) -> None:
+class _RunLog:
+    """``log.csv`` (step, loss, learning rate, seconds), and TensorBoard when it is installed."""
+
+    def __init__(self, out: Path) -> None:
+        self.file = (out / "log.csv").open("a")
+        if self.file.tell() == 0:
+            self.file.write("step,loss,lr,seconds\n")
+        self.writer = _tensorboard(out)
+
+    def write(self, step: int, loss: float, lr: float, seconds: float) -> None:
+        self.file.write(f"{step},{loss:.6f},{lr:.3e},{seconds:.1f}\n")
+        self.file.flush()
+        if self.writer is not None:
+            self.writer.add_scalar("loss", loss, step)
+            self.writer.add_scalar("lr", lr, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _data_source(recipe: TrainRecipe, trainee: nn.Module) -> Any:
+    """The recipe's data source, built for ``trainee``."""
+    data_type = recipe.data.get("type")
+    if not isinstance(data_type, str):
+        raise ConfigError("the recipe's data section needs a 'type'")
+    load_builtin()
+    data_cfg_cls, data_cls = DATASETS.get(data_type)
+    return data_cls(validate(data_cfg_cls, recipe.data, "recipe data"), trainee)
+
+
+def _to(batch: tuple[Any, ...], device: torch.device) -> tuple[Any, ...]:
+    """A batch's tensors (and conditionings) on ``device``; ``None`` entries stay."""
+    return tuple(None if x is None else x.to(device) for x in batch)
+
+
+def warm_start(stage: nn.Module, path: str | Path) -> None:
     """Initialise ``stage`` from the weights file ``path``.
 
     The file must hold a stage of the same type, and every tensor in it must exist in ``stage`` with the
     same shape: only additions to the network are allowed, never a changed or removed tensor.
     """
+    if not isinstance(stage, TrainableStage):
+        raise ConfigError("train.init_from warm-starts stages; a CLIP recipe starts from clip.init")
     tensors, meta = load_tensors(path)
     config = config_from_metadata(path, meta, "stage")
     if config.get("type") != stage.config.type:

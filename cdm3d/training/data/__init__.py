@@ -1,12 +1,16 @@
 """Training data sources, chosen by the ``type`` of a recipe's ``data`` section."""
 
-from cdm3d.core.registry import Registry
-
-DATASETS: Registry = Registry("dataset")
+from cdm3d.training.data.registry import DATASETS
 
 
 def load_builtin() -> None:
-    """Register the built-in sources (``world.points``, ``shards.points``, ``world.sdf``, ``world.images``)."""
+    """Register the built-in sources (``world.points``, ``shards.points``, ``world.sdf``, ``world.images``,
+    ``world.views``)."""
     import cdm3d.training.data.images
     import cdm3d.training.data.points
-    import cdm3d.training.data.sdf  # noqa: F401
+    import cdm3d.training.data.sdf
+    import cdm3d.training.data.shards
+    import cdm3d.training.data.views  # noqa: F401
+
+
+__all__ = ["DATASETS", "load_builtin"]

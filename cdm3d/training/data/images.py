@@ -24,7 +24,6 @@ ordered colour pairs, and the stage must learn from the caption which part takes
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -34,8 +33,8 @@ from pydantic import Field
 from cdm3d.core import Conditioning, DiffusionStage
 from cdm3d.core.config import StrictConfig
 from cdm3d.errors import InputError
-from cdm3d.training.data import DATASETS
-from cdm3d.training.data.points import PointCloudData, build_cache, cached_objects, load_embeddings
+from cdm3d.training.data.registry import DATASETS
+from cdm3d.training.data.world import CaptionedData, load_embeddings, load_renders
 
 
 class WorldImagesConfig(StrictConfig):
@@ -49,28 +48,6 @@ class WorldImagesConfig(StrictConfig):
     low_res: str | None = None  # a uint8 [M, 3, low_size, low_size] .npy (tools/redraw_low_res.py)
     low_res_prob: float = Field(0.5, ge=0.0, le=1.0)
     two_colour_weight: float = Field(1.0, ge=1.0)  # how much more often a two-colour object is drawn
-
-
-def _render(job: tuple[str, int, int]) -> np.ndarray:
-    from cdm3d.data.world import World
-
-    split, index, size = job
-    img = World(split)[index].render(size=size)
-    return (img.permute(2, 0, 1).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-
-
-def build_renders(split: str, objects: int, size: int, path: Path, workers: int = 2) -> torch.Tensor:
-    jobs = [(split, i, size) for i in range(objects)]
-    return build_cache(_render, jobs, (3, size, size), np.uint8, path, workers, "renders")
-
-
-def load_renders(split: str, objects: int, size: int, cache_dir: str, workers: int) -> torch.Tensor:
-    """``[objects, 3, size, size]`` uint8 renders, from a cache (any covering one) or rendered and cached."""
-    found = cached_objects(cache_dir, f"world-renders-{split}", objects, (3, size, size), tag=size)
-    if found is not None:
-        return found
-    path = Path(cache_dir) / f"world-renders-{split}-{objects}x{size}.npy"
-    return build_renders(split, objects, size, path, workers)
 
 
 def load_low_res(path: str, objects: int, size: int) -> torch.Tensor:
@@ -130,7 +107,7 @@ def redraw_with_base(
     return out
 
 
-class WorldImagesData(PointCloudData):
+class WorldImagesData(CaptionedData):
     """Batches ``(x0 [B, 3, S, S], cond, cond_input [B, 3, S, S] | None)`` in [-1, 1]."""
 
     def __init__(self, config: WorldImagesConfig, stage: DiffusionStage) -> None:

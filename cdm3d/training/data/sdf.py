@@ -21,14 +21,9 @@ from pydantic import Field
 from cdm3d.core import Conditioning, TrainableStage
 from cdm3d.core.config import StrictConfig
 from cdm3d.errors import InputError
-from cdm3d.training.data import DATASETS
-from cdm3d.training.data.points import (
-    PointCloudData,
-    build_cache,
-    cached_objects,
-    load_embeddings,
-    load_geometry,
-)
+from cdm3d.training.data.cache import build_cache, cached_objects
+from cdm3d.training.data.registry import DATASETS
+from cdm3d.training.data.world import CaptionedData, load_embeddings, load_geometry
 
 
 class WorldSDFConfig(StrictConfig):
@@ -57,7 +52,7 @@ def build_sdf(split: str, objects: int, queries: int, path: Path, workers: int =
     return build_cache(_object_sdf, jobs, (queries, 4), np.float16, path, workers, "sdf")
 
 
-class WorldSDFData(PointCloudData):
+class WorldSDFData(CaptionedData):
     """Batches ``(x0 [B, Q, 4] queries + distances, cond, cond_input [B, N, 6] surface points)``."""
 
     def __init__(self, config: WorldSDFConfig, stage: TrainableStage) -> None:

@@ -1,0 +1,109 @@
+"""Training recipes: what to train (a stage, or a CLIP), on which data, with which settings; and the one
+learning-rate schedule every run follows.
+
+A recipe YAML::
+
+    stage: ../../stages/points/coarse.yaml   # a stage config (a file, relative to the recipe, or inline)
+    # clip: {model: {...}, objective: contrastive}   # or a CLIP to train instead of a stage
+    data: {type: world.points, ...}          # a data source from cdm3d.training.data
+    train: {steps: 4000, batch_size: 64, lr: 3.0e-4, ...}
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from cdm3d.core.config import StrictConfig, load_yaml, validate
+from cdm3d.errors import ConfigError
+
+
+class TrainSettings(StrictConfig):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)  # global batch, split over data-parallel processes
+    lr: float = Field(3e-4, gt=0)
+    # The learning rate at the end of the cosine decay, as a fraction of ``lr``.
+    final_lr: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    # Weight decay on every parameter; false: on weight matrices only (not on norms, biases, embeddings,
+    # the temperature), as CLIP is trained.
+    decay_all: bool = True
+    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)  # AdamW's
+    warmup: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    # EMA of the weights (the inference weights); 0 keeps the trained weights themselves.
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    seed: int = 0
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1)
+    # Non-finite losses are skipped with a warning; this many in a row stop training.
+    max_bad_steps: int = Field(5, ge=1)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    # Warm start: a stage weights file of the same type whose tensors initialise the network; tensors the
+    # network has and the file lacks (layers added to a trained model) keep their fresh initialisation.
+    init_from: str | None = None
+
+
+class ClipTraining(StrictConfig):
+    """A CLIP to train (a recipe's ``clip`` section), through the same trainer as the stages."""
+
+    # An open_clip CLIP config: embed_dim, vision_cfg, text_cfg.
+    model: dict[str, Any]
+    # Start from a trained cdm3d CLIP file of this config instead of random weights.
+    init: str | None = None
+    # Keep the text tower (and so every text embedding) fixed: improves the image tower of a CLIP whose text
+    # embeddings other stages were already trained on.
+    freeze_text: bool = False
+    # "contrastive": CLIP's loss; the run writes clip.safetensors. "text_prior": train a text prior for the
+    # ``init`` CLIP: a copy of its image tower, the text tower frozen, with ``prior_cosine`` x (1 - cosine)
+    # between each image's embedding and its caption's added to the loss; the run writes
+    # text_prior.safetensors (ClipEncoder.text_prior) and leaves the CLIP itself unchanged.
+    objective: Literal["contrastive", "text_prior"] = "contrastive"
+    prior_cosine: float = Field(4.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check_init(self) -> ClipTraining:
+        if self.objective == "text_prior" and self.init is None:
+            raise ValueError("objective 'text_prior' needs init: the CLIP file whose text prior to train")
+        return self
+
+
+class TrainRecipe(StrictConfig):
+    # Exactly one of: a stage config (its ``type`` selects the stage), or a CLIP to train.
+    stage: dict[str, Any] | None = None
+    clip: ClipTraining | None = None
+    data: dict[str, Any]
+    train: TrainSettings = TrainSettings()
+
+    @model_validator(mode="after")
+    def _check_one(self) -> TrainRecipe:
+        if (self.stage is None) == (self.clip is None):
+            raise ValueError("a recipe trains exactly one thing: give a 'stage' section or a 'clip' section")
+        return self
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainRecipe:
+    """A recipe YAML; ``stage`` may name a stage config file relative to the recipe. ``overrides`` set
+    fields as ``{"train.steps": 200}``."""
+    path = Path(path)
+    data = load_yaml(path)
+    if isinstance(data.get("stage"), str):
+        data["stage"] = load_yaml((path.parent / data["stage"]).resolve())
+    for key, value in (overrides or {}).items():
+        section, _, field = key.partition(".")
+        if section not in data or not isinstance(data[section], dict) or not field:
+            raise ConfigError(f"override {key!r} must look like section.field (train.steps)")
+        data[section] = {**data[section], field: value}
+    return validate(TrainRecipe, data, str(path))
+
+
+def lr_at(step: int, s: TrainSettings, horizon: int | None = None) -> float:
+    """Linear warm-up, then cosine decay to ``final_lr`` x ``lr`` at ``horizon`` (default: ``s.steps``),
+    then flat."""
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    progress = (step - s.warmup) / max(1, (horizon or s.steps) - s.warmup)
+    return s.lr * (s.final_lr + (1 - s.final_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
