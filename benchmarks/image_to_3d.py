@@ -17,13 +17,13 @@ from pathlib import Path
 
 from cdm3d.core.checkpoint import check_parent, write_text
 from cdm3d.errors import ArgumentParser, Cdm3dError, InputError, one_line
-from cdm3d.paths import DEFAULT_MODEL
+from cdm3d.paths import DEFAULT_MODEL, POINT_CLASSIFIER
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the 3D cascade folder")
-    parser.add_argument("--classifier", type=Path, default=Path("benchmarks/assets/classifier.safetensors"))
+    parser.add_argument("--classifier", type=Path, default=POINT_CLASSIFIER)
     parser.add_argument("--per-category", type=int, default=8)
     parser.add_argument("--batch", type=int, default=52)
     parser.add_argument("--split", choices=["val", "test"], default="test")

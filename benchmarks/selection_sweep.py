@@ -40,6 +40,7 @@ from cdm3d.errors import InputError
 from cdm3d.eval.classifier import PointClassifier
 from cdm3d.eval.images_eval import renders
 from cdm3d.eval.points_eval import generate, prompts_per_category
+from cdm3d.paths import POINT_CLASSIFIER
 from cdm3d.pipelines import parse_sampling_items
 
 
@@ -129,7 +130,7 @@ def mesh_sweep(full: Cascade, clouds, scores, cond: Conditioning, categories, cl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("cdm3d/weights/default"))
-    parser.add_argument("--classifier", type=Path, default=Path("benchmarks/assets/classifier.safetensors"))
+    parser.add_argument("--classifier", type=Path, default=POINT_CLASSIFIER)
     parser.add_argument("--candidates", type=int, default=8, help="the most candidates per prompt to try")
     parser.add_argument("--per-category", type=int, default=8)
     parser.add_argument("--batch", type=int, default=13, help="prompts per run (each with all its candidates)")

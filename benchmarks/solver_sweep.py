@@ -1,7 +1,7 @@
 """Fidelity and speed of sampling solvers and guidance scales on the world's test prompts; JSON.
 
     bash tools/env.sh python benchmarks/solver_sweep.py --model cdm3d/weights/default \
-        --classifier benchmarks/assets/classifier.safetensors --out benchmarks/results/solver_sweep.json
+        --out benchmarks/results/solver_sweep.json
 
 Every setting runs the cascade's diffusion point stages (one sample per prompt: a
 selector stage is left out) with the same solver and step count for both stages
@@ -25,6 +25,7 @@ import torch
 from cdm3d.core import Cascade
 from cdm3d.eval.classifier import PointClassifier
 from cdm3d.eval.points_eval import fidelity, generate, prompts_per_category
+from cdm3d.paths import POINT_CLASSIFIER
 
 DEFAULT_SETTINGS = [
     ("karras-heun", 64),
@@ -44,7 +45,7 @@ DEFAULT_SETTINGS = [
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("cdm3d/weights/default"))
-    parser.add_argument("--classifier", type=Path, default=Path("benchmarks/assets/classifier.safetensors"))
+    parser.add_argument("--classifier", type=Path, default=POINT_CLASSIFIER)
     parser.add_argument("--per-category", type=int, default=4)
     parser.add_argument("--batch", type=int, default=52)
     parser.add_argument("--settings", nargs="*", default=None, help="solver:steps pairs (default: a standard sweep)")

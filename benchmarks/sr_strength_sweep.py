@@ -59,6 +59,7 @@ from cdm3d.eval.images_eval import (
     renders,
 )
 from cdm3d.eval.points_eval import prompts_per_category
+from cdm3d.paths import IMAGE_CLASSIFIER
 from cdm3d.pipelines import parse_sampling_items
 from cdm3d.stages.images.sr import resize_images, through
 from cdm3d.types import Images
@@ -131,7 +132,7 @@ def _row(runs: list[torch.Tensor], fidelity_of, fid_of) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("cdm3d/weights/images"))
-    parser.add_argument("--image-classifier", type=Path, default=Path("benchmarks/assets/image_classifier.safetensors"))
+    parser.add_argument("--image-classifier", type=Path, default=IMAGE_CLASSIFIER)
     parser.add_argument("--strengths", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.35, 0.2])
     parser.add_argument("--per-category", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=3)

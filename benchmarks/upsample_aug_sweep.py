@@ -19,12 +19,13 @@ from cdm3d.core import Cascade
 from cdm3d.core.checkpoint import atomic_path, check_parent
 from cdm3d.eval.classifier import PointClassifier
 from cdm3d.eval.points_eval import fidelity, generate, prompts_per_category
+from cdm3d.paths import POINT_CLASSIFIER
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("cdm3d/weights/default"))
-    parser.add_argument("--classifier", type=Path, default=Path("benchmarks/assets/classifier.safetensors"))
+    parser.add_argument("--classifier", type=Path, default=POINT_CLASSIFIER)
     parser.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
     parser.add_argument("--per-category", type=int, default=8)
     parser.add_argument("--batch", type=int, default=52)

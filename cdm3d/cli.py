@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from cdm3d.errors import ArgumentParser, Cdm3dError, InputError, one_line
-from cdm3d.paths import DEFAULT_IMAGE_MODEL, DEFAULT_MODEL
+from cdm3d.paths import DEFAULT_IMAGE_MODEL, DEFAULT_MODEL, IMAGE_CLASSIFIER, POINT_CLASSIFIER
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -128,7 +128,9 @@ def _bench(args: argparse.Namespace) -> int:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="point-stage fidelity, 1-NNA/COV/MMD, upsampler vs nearest neighbour (JSON)")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="cascade folder (default: the shipped one)")
-    p.add_argument("--classifier", type=Path, default=Path("benchmarks/assets/classifier.safetensors"))
+    p.add_argument(
+        "--classifier", type=Path, default=POINT_CLASSIFIER, help="the point classifier (default: the shipped one)"
+    )
     p.add_argument("--per-category", type=int, default=16, help="test prompts per category")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--upsampler-noaug", type=Path, default=None, help="upsampler weights for the augmentation ablation")
@@ -168,7 +170,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--image-classifier",
         type=Path,
-        default=Path("benchmarks/assets/image_classifier.safetensors"),
+        default=IMAGE_CLASSIFIER,
         help="with --images: the render classifier (a second fidelity instrument beside zero-shot CLIP)",
     )
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (default: print only)")
@@ -185,7 +187,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.per_category < 1 or args.batch < 1 or args.fid_reference < 2 or args.seeds < 1:
         raise InputError("--per-category, --batch and --seeds must be positive, --fid-reference at least 2")
     if not args.classifier.is_file():
-        raise InputError(f"classifier weights not found: {args.classifier} (train one with tools/train_classifier.py)")
+        raise InputError(
+            f"classifier weights not found: {args.classifier} (train one with configs/train/eval/point_classifier.yaml)"
+        )
     if args.out is not None:
         check_parent(args.out)
     load_builtin()

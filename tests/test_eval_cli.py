@@ -12,6 +12,7 @@ from cdm3d.cli import main
 from cdm3d.core import Cascade, build_stage, load_cascade_clip
 from cdm3d.data.vocab import CATEGORIES
 from cdm3d.eval.bench import point_cascade
+from cdm3d.paths import POINT_CLASSIFIER
 
 
 def _tiny_expert(stage):
@@ -81,7 +82,7 @@ def test_assemble_cascade_sets_default_sampling(tmp_path, capsys) -> None:
     # --as-type loads a weights file as another stage type with the same config fields and network.
     critic = build_stage({"type": "points.select", "embed_dim": 128, "network": {"width": 8}})
     save_stage(critic, tmp_path / "critic.safetensors")
-    mesher = Path(__file__).resolve().parents[1] / "configs" / "stages" / "mesh_poisson.yaml"
+    mesher = Path(__file__).resolve().parents[1] / "configs" / "stages" / "mesh" / "poisson.yaml"
     as_mesh = ["--stage", f"mesh={mesher}", "--stage", f"pick={tmp_path / 'critic.safetensors'}"]
     as_mesh += ["--as-type", "pick=mesh.select"]
     assert assemble_cascade.main([*argv[:-2], *as_mesh, "--out", str(tmp_path / "m")]) == 0
@@ -152,7 +153,7 @@ def test_eval_meshes_runs_a_mesh_selector_with_the_pipeline_and_ablates_it(tmp_p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import selection_sweep
 
-    classifier = Path(__file__).resolve().parents[1] / "benchmarks/assets/classifier.safetensors"
+    classifier = POINT_CLASSIFIER
     argv = ["--model", str(tmp_path / "tiny"), "--classifier", str(classifier), "--candidates", "3", "--meshes", "2"]
     assert selection_sweep.main([*argv, "--per-category", "1", "--out", str(tmp_path / "sweep.json")]) == 0
     rows = json.loads((tmp_path / "sweep.json").read_text())["text_meshes"]
@@ -303,7 +304,7 @@ def test_solver_and_augmentation_sweeps_write_a_row_per_setting_on_validation_pr
     tiny = point_cascade("tiny", "cpu")
     Cascade(list(tiny.stages.items()), clip=load_cascade_clip()).save_pretrained(tmp_path / "tiny")
     out = tmp_path / "sweep.json"
-    argv = ["--model", str(tmp_path / "tiny"), "--classifier", str(root / "benchmarks/assets/classifier.safetensors")]
+    argv = ["--model", str(tmp_path / "tiny"), "--classifier", str(POINT_CLASSIFIER)]
     argv += ["--settings", "ddim:2", "unipc:2", "--guidance", "1", "3", "--per-category", "1", "--batch", "13"]
     assert solver_sweep.main([*argv, "--split", "val", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -316,7 +317,7 @@ def test_solver_and_augmentation_sweeps_write_a_row_per_setting_on_validation_pr
     ]
     import upsample_aug_sweep
 
-    argv = ["--model", str(tmp_path / "tiny"), "--classifier", str(root / "benchmarks/assets/classifier.safetensors")]
+    argv = ["--model", str(tmp_path / "tiny"), "--classifier", str(POINT_CLASSIFIER)]
     argv += ["--levels", "0", "0.2", "--per-category", "1", "--batch", "13", "--out", str(tmp_path / "aug.json")]
     assert upsample_aug_sweep.main(argv) == 0
     aug = json.loads((tmp_path / "aug.json").read_text())
@@ -337,7 +338,7 @@ def test_eval_of_a_high_noise_stage_reports_why_it_has_no_expert_ablation(tmp_pa
     high.set_expert(_tiny_expert(high))
     stages = [("coarse", high), ("upsample", tiny.stages["upsample"])]
     Cascade(stages, clip=load_cascade_clip()).save_pretrained(tmp_path / "high")
-    classifier = Path(__file__).resolve().parents[1] / "benchmarks/assets/classifier.safetensors"
+    classifier = POINT_CLASSIFIER
     report = evaluate_points(tmp_path / "high", classifier, 1, 13, speed=False, overrides={"steps": 2})
     ablation = report["expert_ablation"]
     assert ablation["without_expert"] is None and "cannot sample without its expert" in ablation["why"]
@@ -360,7 +361,7 @@ def test_eval_and_selection_sweep_with_a_selector_stage(tmp_path) -> None:
         update={"sampling": select.config.sampling.model_copy(update={"candidates": 3})}
     )
     Cascade([*tiny.stages.items(), ("select", select)], clip=clip).save_pretrained(tmp_path / "tiny")
-    classifier = root / "benchmarks/assets/classifier.safetensors"
+    classifier = POINT_CLASSIFIER
     report = evaluate_points(
         tmp_path / "tiny", classifier, per_category=1, batch=13, speed=False, overrides={"steps": 2}
     )
@@ -432,3 +433,34 @@ def test_two_colour_prompts_are_of_two_colour_objects_only() -> None:
         assert len(labels.colors) == 2 and labels.category == category and labels.colors[0] == colour
         assert caption == world.caption(index)
     assert sorted({p[2] for p in prompts}) == sorted(SECONDARY_PART)
+
+
+def test_eval_runs_from_any_directory_after_a_plain_install(tmp_path) -> None:
+    """The evaluation's classifiers are package data: installed (not from the checkout) and run from a folder
+    that is not the checkout, ``cdm3d eval`` finds them."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    site = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run([*install, "--target", str(site), str(root)], check=True, cwd=tmp_path, timeout=300)
+    tiny = point_cascade("tiny", "cpu")
+    Cascade(list(tiny.stages.items()), clip=load_cascade_clip()).save_pretrained(tmp_path / "tiny")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    cli = [sys.executable, "-c", "import sys, cdm3d.cli; print(cdm3d.cli.__file__, file=sys.stderr); cdm3d.cli.main()"]
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*cli, *argv], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.stderr.startswith(str(site)), proc.stderr  # the installed copy, not the checkout
+        return proc
+
+    assert run("eval", "--help").returncode == 0
+    argv = ["eval", "--model", str(tmp_path / "tiny"), "--per-category", "1", "--batch", "13", "--steps", "2"]
+    proc = run(*argv, "--skip-speed", "--out", "eval.json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((elsewhere / "eval.json").read_text())
+    assert report["prompts"] == 13 and 0 <= report["final"]["category_fidelity"] <= 1

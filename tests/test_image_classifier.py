@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -11,8 +9,9 @@ from cdm3d.data.vocab import CATEGORIES, COLORS
 from cdm3d.data.world import World
 from cdm3d.errors import CheckpointError
 from cdm3d.eval.classifier import ImageClassifier, PointClassifier
+from cdm3d.paths import IMAGE_CLASSIFIER
 
-SHIPPED = Path(__file__).resolve().parents[1] / "benchmarks" / "assets" / "image_classifier.safetensors"
+SHIPPED = IMAGE_CLASSIFIER
 
 
 def test_shipped_render_classifier_reads_held_out_renders_at_64_and_32_px() -> None:
@@ -43,19 +42,26 @@ def test_image_classifier_round_trip_and_wrong_files(tmp_path) -> None:
         ImageClassifier.load(tmp_path / "missing.safetensors")
 
 
-def test_both_classifiers_learn_their_training_objects() -> None:
-    from cdm3d.eval.classifier import train_classifier, train_image_classifier, world_labels
+@pytest.mark.parametrize("kind", ["points", "images"])
+def test_both_classifiers_learn_their_training_objects_through_the_trainer(kind, tmp_path) -> None:
+    from cdm3d.eval.classifier import world_labels
+    from cdm3d.training.trainer import Trainer, TrainRecipe
 
-    world, n = World("train"), 26
+    n = 26
+    data = {"type": f"world.labelled_{kind if kind == 'points' else 'renders'}", "objects": n, "workers": 1}
+    data |= {"points": 256, "read": 128} if kind == "points" else {"size": 32}
+    recipe = TrainRecipe.model_validate(
+        {
+            "classifier": {"kind": kind},
+            "data": data | {"cache_dir": str(tmp_path / "cache")},
+            "train": {"steps": 100, "batch_size": 16, "lr": 2e-3, "final_lr": 0.0, "warmup": 30, "ema_decay": 0.0},
+        }
+    )
+    trainer = Trainer(recipe, tmp_path / "run")
+    trainer.fit(progress=False)
+    cls = PointClassifier if kind == "points" else ImageClassifier
+    model = cls.load(tmp_path / "run" / f"{kind[:-1]}_classifier.safetensors")
+    x = trainer.data.points.float() if kind == "points" else trainer.data.renders.float() / 255
+    pc, pk = model.predict(x)
     cats, cols = world_labels("train", n)
-    renders = torch.stack([(world[i].render(size=32).permute(2, 0, 1) * 255).round().to(torch.uint8) for i in range(n)])
-    images = train_image_classifier(renders, cats, cols, steps=100, batch=16, progress=False)
-    pc, pk = images.predict(renders.float() / 255)
-    assert (pc == cats).float().mean() > 0.5 and (pk == cols).float().mean() > 0.5
-    clouds = []
-    for i in range(n):
-        xyz, rgb = world[i].points(256, seed=0)
-        clouds.append(torch.cat([torch.from_numpy(xyz), torch.from_numpy(rgb) * 2 - 1], -1).float())
-    points = train_classifier(torch.stack(clouds), cats, cols, steps=100, batch=16, progress=False)
-    pc, pk = points.predict(torch.stack(clouds))
     assert (pc == cats).float().mean() > 0.5 and (pk == cols).float().mean() > 0.5

@@ -1,8 +1,8 @@
 """Assemble a cascade folder from trained stage files and a CLIP.
 
-    bash tools/env.sh python tools/assemble_cascade.py --clip runs/clip_small/clip.safetensors \
-        --stage coarse=runs/points_coarse/stage.safetensors --stage upsample=runs/points_upsample/stage.safetensors \
-        --stage mesh=configs/stages/mesh_poisson.yaml --out cdm3d/weights/default --overwrite
+    bash tools/env.sh python tools/assemble_cascade.py --clip runs/clip/clip/clip.safetensors \
+        --stage coarse=runs/points/coarse/stage.safetensors --stage upsample=runs/points/upsample/stage.safetensors \
+        --stage mesh=configs/stages/mesh/poisson.yaml --out runs/mine
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         "--clip-text-prior",
         type=Path,
         default=None,
-        help="the CLIP's text prior (text_prior.safetensors from tools/train_clip.py with objective text_prior)",
+        help="the CLIP's text prior (text_prior.safetensors of a configs/train/clip/text_prior.yaml run)",
     )
     parser.add_argument(
         "--stage",

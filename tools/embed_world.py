@@ -1,6 +1,6 @@
 """Precompute CLIP embeddings of the world's captions and rendered views, for training the point stages.
 
-    bash tools/env.sh python tools/embed_world.py --clip runs/clip_small/clip.safetensors \
+    bash tools/env.sh python tools/embed_world.py --clip runs/clip/clip/clip.safetensors \
         --split train --objects 16000 --out runs/data/world_train_emb.safetensors
 """
 

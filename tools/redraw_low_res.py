@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdm3d.stages import load_builtin
     from cdm3d.stages.images.sr import resize_images
     from cdm3d.training.data.images import redraw_with_base
-    from cdm3d.training.data.world import load_renders
-    from cdm3d.training.data.world import load_embeddings
+    from cdm3d.training.data.world import load_embeddings, load_renders
 
     try:
         check_parent(args.out)

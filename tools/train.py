@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and exit")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check the recipe (stage and data sections), print it resolved, and exit"
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds"
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         from cdm3d.stages import load_builtin
 
         load_builtin()
+        from cdm3d.training.recipe import check_recipe
         from cdm3d.training.trainer import Trainer, init_distributed, load_recipe
 
         overrides = {}
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides[key] = yaml.safe_load(value)
         recipe = load_recipe(args.config, overrides)
         if args.dry_run:
+            check_recipe(recipe)
             print(recipe.model_dump_json(indent=2))
             return 0
         device = init_distributed(args.device)

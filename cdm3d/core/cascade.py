@@ -302,4 +302,3 @@ def _steps(
         yield step
     finally:
         bar.close()
-

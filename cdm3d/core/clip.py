@@ -150,7 +150,7 @@ class ClipEncoder:
         # the CLIP's training images; see cdm3d.core.framing); None: used as given. A cascade folder sets it.
         self.image_fill: float | None = None
         # A copy of the image tower tuned to map an image to the text embedding of its caption (trained by
-        # tools/train_clip.py with the "text_prior" objective): with it, images alone fill the "text" slot
+        # configs/train/clip/text_prior.yaml): with it, images alone fill the "text" slot
         # too. A small CLIP's image embeddings carry less of an object's category than its text embeddings;
         # the stages read both. None: no prior. A cascade folder sets it (clip.text_prior).
         self.text_prior: torch.nn.Module | None = None

@@ -277,7 +277,7 @@ def compare_settings(
     return out
 
 
-# A mesh.sdf stage of the shipped CPU geometry (configs/stages/mesh_sdf_cpu.yaml), for random-weight timings.
+# A mesh.sdf stage of the shipped CPU geometry (configs/stages/mesh/sdf.yaml), for random-weight timings.
 SDF_GEOMETRY: dict[str, Any] = {
     "type": "mesh.sdf",
     "cond_keys": ["text", "image"],

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from cdm3d.core.checkpoint import load_state_into, load_tensors, save_tensors
-from cdm3d.data.augment import augment_images
 from cdm3d.data.vocab import CATEGORIES, COLORS
 from cdm3d.errors import CheckpointError
 from cdm3d.models.point_critic import point_mlp, pool
@@ -130,85 +129,6 @@ class ImageClassifier(_Classifier):
             cats.append(cat.argmax(-1))
             cols.append(col.argmax(-1))
         return torch.cat(cats), torch.cat(cols)
-
-
-def train_image_classifier(
-    renders: torch.Tensor,
-    categories: torch.Tensor,
-    colors: torch.Tensor,
-    steps: int = 1500,
-    batch: int = 64,
-    lr: float = 2e-3,
-    device: str = "cpu",
-    seed: int = 0,
-    progress: bool = True,
-) -> ImageClassifier:
-    """Train on renders ``[M, 3, S, S]`` (uint8) with label indices ``[M]``."""
-
-    def draw(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return augment_images(renders[idx].float() / 255, g)
-
-    return _fit(ImageClassifier, draw, len(renders), categories, colors, steps, batch, lr, device, seed, progress)
-
-
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Jitter positions and colours, as a generated cloud would be."""
-    scale = torch.rand(x.shape[0], 1, 1, generator=generator) * 0.03
-    noise = torch.randn(x.shape, generator=generator) * scale
-    return x + noise.to(x.device)
-
-
-def train_classifier(
-    points: torch.Tensor,
-    categories: torch.Tensor,
-    colors: torch.Tensor,
-    steps: int = 3000,
-    batch: int = 64,
-    lr: float = 1e-3,
-    device: str = "cpu",
-    seed: int = 0,
-    progress: bool = True,
-) -> PointClassifier:
-    """Train on clouds ``points [M, P, 6]`` with label indices ``[M]``."""
-
-    def draw(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        sub = torch.rand(len(idx), points.shape[1], generator=g).argsort(1)[:, :CLASSIFIER_POINTS]
-        return augment(torch.gather(points[idx].float(), 1, sub[..., None].expand(-1, -1, 6)), g)
-
-    return _fit(PointClassifier, draw, len(points), categories, colors, steps, batch, lr, device, seed, progress)
-
-
-def _fit(
-    model_cls: type[_Classifier],
-    draw,
-    count: int,
-    categories: torch.Tensor,
-    colors: torch.Tensor,
-    steps: int,
-    batch: int,
-    lr: float,
-    device: str,
-    seed: int,
-    progress: bool,
-) -> Any:
-    """A ``model_cls`` (built after seeding) trained with cross-entropy on both heads over ``steps`` batches of
-    ``draw(indices, generator)`` (one-cycle AdamW)."""
-    from tqdm.auto import tqdm
-
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = model_cls().to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    for _ in tqdm(range(steps), desc=model.what, disable=not progress):
-        idx = torch.randint(0, count, (batch,), generator=g)
-        cat, col = model(draw(idx, g).to(device))
-        loss = F.cross_entropy(cat, categories[idx].to(device)) + F.cross_entropy(col, colors[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval().cpu()
 
 
 def world_labels(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,6 +18,7 @@ with them starts as the same function as one without (warm starts keep it).
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
@@ -57,10 +58,9 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, w = x.shape
-        qkv = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = rearrange(self.qkv(self.ln1(x)), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         attn = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        x = x + self.proj(attn.transpose(1, 2).reshape(b, n, w))
+        x = x + self.proj(rearrange(attn, "b h n d -> b n (h d)"))
         return x + self.mlp(self.ln2(x))
 
 

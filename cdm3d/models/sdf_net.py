@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
@@ -68,15 +69,13 @@ class CrossBlock(nn.Module):
 
     def context(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[B, H, L, W/H]`` of normalised context tokens (computed once per cloud)."""
-        b, n, w = ctx.shape
-        kv = self.kv(ctx).view(b, n, 2, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        kv = rearrange(self.kv(ctx), "b n (two h d) -> two b h n d", two=2, h=self.heads)
         return kv[0], kv[1]
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        b, n, w = x.shape
-        q = self.q(self.ln_q(x)).view(b, n, self.heads, w // self.heads).transpose(1, 2)
+        q = rearrange(self.q(self.ln_q(x)), "b n (h d) -> b h n d", h=self.heads)
         attn = F.scaled_dot_product_attention(q, kv[0], kv[1])
-        x = x + self.proj(attn.transpose(1, 2).reshape(b, n, w))
+        x = x + self.proj(rearrange(attn, "b h n d -> b n (h d)"))
         return x + self.mlp(self.ln2(x))
 
 

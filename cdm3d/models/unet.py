@@ -13,6 +13,7 @@ as extra input channels (Ho et al. 2021; Saharia et al. 2022).
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
@@ -72,18 +73,14 @@ class AttnBlock(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        b, c, hgt, wid = x.shape
-        h = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        hgt = x.shape[2]
+        h = rearrange(self.norm(x), "b c y x -> b (y x) c")
         q, k, v = self.qkv(h).chunk(3, dim=-1)
         ck, cv = self.ctx_kv(tokens).chunk(2, dim=-1)
         k, v = torch.cat([ck, k], 1), torch.cat([cv, v], 1)
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v))
-        out = self.proj(out.transpose(1, 2).reshape(b, hgt * wid, c))
-        return x + out.transpose(1, 2).view(b, c, hgt, wid)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        out = self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h n d -> b n (h d)"))
+        return x + rearrange(out, "b (y x) c -> b c y x", y=hgt)
 
 
 class UNetDenoiser(nn.Module):

@@ -71,17 +71,26 @@ class ClipTraining(StrictConfig):
         return self
 
 
+class ClassifierTraining(StrictConfig):
+    """A fidelity classifier of the world's category and colour to train (a recipe's ``classifier`` section):
+    an instrument of the evaluation (cdm3d/eval/classifier.py)."""
+
+    kind: Literal["points", "images"]
+    width: int | None = Field(None, ge=8)  # default: the classifier's own
+
+
 class TrainRecipe(StrictConfig):
-    # Exactly one of: a stage config (its ``type`` selects the stage), or a CLIP to train.
+    # Exactly one of: a stage config (its ``type`` selects the stage), a CLIP, or a fidelity classifier.
     stage: dict[str, Any] | None = None
     clip: ClipTraining | None = None
+    classifier: ClassifierTraining | None = None
     data: dict[str, Any]
     train: TrainSettings = TrainSettings()
 
     @model_validator(mode="after")
     def _check_one(self) -> TrainRecipe:
-        if (self.stage is None) == (self.clip is None):
-            raise ValueError("a recipe trains exactly one thing: give a 'stage' section or a 'clip' section")
+        if sum(x is not None for x in (self.stage, self.clip, self.classifier)) != 1:
+            raise ValueError("a recipe trains exactly one thing: give one 'stage', 'clip' or 'classifier' section")
         return self
 
 
@@ -107,3 +116,21 @@ def lr_at(step: int, s: TrainSettings, horizon: int | None = None) -> float:
         return s.lr * (step + 1) / s.warmup
     progress = (step - s.warmup) / max(1, (horizon or s.steps) - s.warmup)
     return s.lr * (s.final_lr + (1 - s.final_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def check_recipe(recipe: TrainRecipe) -> None:
+    """Validate what a recipe's sections name without building anything: the stage config against its
+    stage type, the data section against its source's config (a ``ConfigError`` naming the field)."""
+    from cdm3d.core.stage_io import stage_config
+    from cdm3d.stages import load_builtin as load_stages
+    from cdm3d.training.data import DATASETS, load_builtin
+
+    if recipe.stage is not None:
+        load_stages()
+        stage_config(recipe.stage, "recipe stage")
+    data_type = recipe.data.get("type")
+    if not isinstance(data_type, str):
+        raise ConfigError("the recipe's data section needs a 'type'")
+    load_builtin()
+    data_cfg_cls, _ = DATASETS.get(data_type)
+    validate(data_cfg_cls, recipe.data, "recipe data")

@@ -1,4 +1,5 @@
-"""The trainer: one loop for everything cdm3d trains (every trainable stage, and the CLIP).
+"""The trainer: one loop for everything cdm3d trains (every trainable stage, the CLIP and its text prior, the
+evaluation's classifiers).
 
 EMA weights, bf16 autocast on CUDA, gradient clipping, periodic atomic
 checkpoints, exact ``--resume`` (model, EMA, optimizer, step and the random
@@ -7,15 +8,17 @@ the run folder, and data parallelism through ``torchrun`` (DDP; gloo on CPU).
 
 What it trains (a *trainee*) is a module with ``net`` (what data parallelism wraps) and
 ``loss(*batch, generator=, part=, net=)``, where ``batch`` is what the recipe's data source draws: a
-:class:`~cdm3d.core.TrainableStage` (a batch ``(x0, cond, cond_input)``) or a
-:class:`~cdm3d.training.clip.ClipTrainee` (``(pixels, tokens)``).
+:class:`~cdm3d.core.TrainableStage` (a batch ``(x0, cond, cond_input)``), a
+:class:`~cdm3d.training.clip.ClipTrainee` (``(pixels, tokens)``) or a
+:class:`~cdm3d.training.classifier.ClassifierTrainee` (``(inputs, categories, colours)``).
 
 A run folder holds::
 
     recipe.json        the resolved recipe
     state.pt           training state (weights, EMA, optimizer, step, RNG); torch.load(weights_only=True)
     stage.safetensors  EMA weights with the stage config inside: the inference weights
-                       (a CLIP run: clip.safetensors, or text_prior.safetensors)
+                       (a CLIP run: clip.safetensors or text_prior.safetensors; a classifier run:
+                       point_classifier.safetensors or image_classifier.safetensors)
     log.csv            step, loss, learning rate, seconds
 """
 
@@ -53,11 +56,15 @@ def _dist() -> tuple[int, int]:
 
 
 def build_trainee(recipe: TrainRecipe) -> nn.Module:
-    """What the recipe trains: its stage, or its CLIP."""
+    """What the recipe trains: its stage, its CLIP, or its classifier."""
     if recipe.clip is not None:
         from cdm3d.training.clip import ClipTrainee
 
         return ClipTrainee(recipe.clip, seed=recipe.train.seed)
+    if recipe.classifier is not None:
+        from cdm3d.training.classifier import ClassifierTrainee
+
+        return ClassifierTrainee(recipe.classifier)
     stage = build_stage(recipe.stage, "recipe stage")
     if not isinstance(stage, TrainableStage):
         raise ConfigError(f"stage type {recipe.stage['type']!r} has nothing to train")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Sampling benchmarks on one GPU machine (issue #8): Point-E's geometry with 64 + 64 Karras-Heun steps,
+# Sampling benchmarks on one GPU machine: Point-E's geometry with 64 + 64 Karras-Heun steps,
 # random weights, batch 1/8/32/64, eager fp32 vs bf16 autocast, then torch.compile. JSON into $OUT.
 # Needs .wheels/ carried (pydantic and its deps, diffusers and its deps: huggingface-hub, filelock, regex,
-# requests, importlib-metadata); see configs/README.md for the pip download command.
+# requests, importlib-metadata); see docs/speed.md for the pip download command.
 #   OUT=/tmp/out bash tools/gpu/bench.sh
 set -euo pipefail
 OUT=${OUT:-/tmp/out}

@@ -19,19 +19,19 @@ timeout 60 python3 tools/build_world_cache.py --split val --objects "$VAL" --wor
 echo "geometry: $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
 common=(--device "${DEVICE:-cuda}" --no-progress --time-limit "$LIMIT" --set "train.steps=$STEPS" --set "data.objects=$OBJECTS")
 export OMP_NUM_THREADS=4
-python3 tools/train.py --config configs/train/points_coarse.yaml --out /tmp/runs/coarse "${common[@]}" > /tmp/runs/coarse.log 2>&1 &
-python3 tools/train.py --config configs/train/points_upsample.yaml --out /tmp/runs/upsample "${common[@]}" > /tmp/runs/upsample.log 2>&1 &
+python3 tools/train.py --config configs/train/points/coarse_gpu.yaml --out /tmp/runs/coarse "${common[@]}" > /tmp/runs/coarse.log 2>&1 &
+python3 tools/train.py --config configs/train/points/upsample_gpu.yaml --out /tmp/runs/upsample "${common[@]}" > /tmp/runs/upsample.log 2>&1 &
 # The conditioning-augmentation ablation: the same upsampler trained without augmentation.
-python3 tools/train.py --config configs/train/points_upsample.yaml --out /tmp/runs/upsample_noaug "${common[@]}" \
+python3 tools/train.py --config configs/train/points/upsample_gpu.yaml --out /tmp/runs/upsample_noaug "${common[@]}" \
   --set 'stage.diffusion={augmentation: {max_level: 0.0}}' > /tmp/runs/upsample_noaug.log 2>&1 &
-python3 tools/train_classifier.py --out /tmp/runs/classifier.safetensors --device "${DEVICE:-cuda}" --objects "$OBJECTS" \
-  --steps "$CLS_STEPS" --eval-objects "$VAL" --workers "$WORKERS" > /tmp/runs/classifier.log 2>&1 &
+python3 tools/train.py --config configs/train/eval/point_classifier.yaml --out /tmp/runs/classifier --device "${DEVICE:-cuda}" \
+  --no-progress --set "train.steps=$CLS_STEPS" --set "data.objects=$OBJECTS" > /tmp/runs/classifier.log 2>&1 &
 wait
 for run in coarse upsample upsample_noaug; do
   cp "/tmp/runs/$run/stage.safetensors" "$OUT/$run.safetensors"
   cp "/tmp/runs/$run/log.csv" "$OUT/${run}_log.csv"
 done
-cp /tmp/runs/classifier.safetensors "$OUT/classifier.safetensors"
+cp /tmp/runs/classifier/point_classifier.safetensors "$OUT/point_classifier.safetensors"
 echo "total: $(( $(date +%s) - start )) s" >> /tmp/runs/summary.txt
 for f in /tmp/runs/*.log; do echo "== $f"; grep -v "it/s]" "$f" | tail -n 5; done >> /tmp/runs/summary.txt
 cp /tmp/runs/summary.txt "$OUT/summary.txt"

@@ -13,7 +13,7 @@ decoded at half resolution; only fine points near a coarse point whose
 distance lies inside the truncation band are decoded, the others take the
 interpolated (saturated) coarse value, whose sign is all marching cubes needs.
 
-Training (``tools/train.py`` with ``configs/train/mesh_sdf_cpu.yaml``) regresses
+Training (``tools/train.py`` with ``configs/train/mesh/sdf.yaml``) regresses
 the distance, truncated at ``truncation``, with an L1 loss, on world objects'
 surface clouds jittered by Gaussian noise (the 3D analogue of conditioning
 augmentation: generated clouds are noisier than surface samples).

@@ -4,7 +4,7 @@ A selector stage (:mod:`cdm3d.core.selection`): placed after ``points.upsample``
 ``candidates = K`` samples K clouds per prompt (or image) and keeps the one whose ``PointCritic`` embedding
 has the highest cosine with the prompt's CLIP embedding. The critic reads ``num_points`` random points of a
 cloud (``reads`` times, averaged) and is trained with CLIP's contrastive loss against the text and image
-embeddings of the world's objects (``configs/train/points_select_cpu.yaml``).
+embeddings of the world's objects (``configs/train/points/select.yaml``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ def _quiet_worker() -> None:
     torch.set_num_threads(1)
 
 
-
 def build_cache(
     job: Callable[[tuple], np.ndarray],
     jobs: list[tuple],
@@ -46,7 +45,6 @@ def build_cache(
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, out)
     return torch.from_numpy(out)
-
 
 
 def _read_cache(path: Path, objects: int, tail: tuple[int, ...]) -> torch.Tensor | None:
@@ -78,4 +76,3 @@ def cached_objects(
         if got is not None:
             return got
     return None
-

@@ -115,5 +115,4 @@ class WorldPointsData(PointCloudData):
         self._check_sizes()
 
 
-
 DATASETS.register("world.points")((WorldPointsConfig, WorldPointsData))

@@ -65,9 +65,7 @@ def load_views(cfg: WorldViewsConfig) -> torch.Tensor:
     found = cached_objects(cfg.cache_dir, name, cfg.objects, (cfg.views, cfg.size, cfg.size, 3), tag=tag)
     if found is not None:
         return found
-    jobs = [
-        (cfg.split, i, cfg.views, cfg.size, cfg.default_view, cfg.image_fill, cfg.seed) for i in range(cfg.objects)
-    ]
+    jobs = [(cfg.split, i, cfg.views, cfg.size, cfg.default_view, cfg.image_fill, cfg.seed) for i in range(cfg.objects)]
     path = Path(cfg.cache_dir) / f"{name}-{cfg.objects}x{tag}.npy"
     return build_cache(_object_views, jobs, (cfg.views, cfg.size, cfg.size, 3), np.uint8, path, cfg.workers, "views")
 

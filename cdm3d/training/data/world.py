@@ -35,12 +35,9 @@ def _object_points(job: tuple[str, int, int]) -> np.ndarray:
     return np.concatenate([xyz, rgb * 2 - 1], axis=1).astype(np.float16)
 
 
-
 def build_geometry(split: str, objects: int, points: int, path: Path, workers: int = 2) -> torch.Tensor:
     jobs = [(split, i, points) for i in range(objects)]
     return build_cache(_object_points, jobs, (points, 6), np.float16, path, workers, "geometry", 64)
-
-
 
 
 def load_geometry(split: str, objects: int, points: int, cache_dir: str, workers: int) -> torch.Tensor:
@@ -49,7 +46,6 @@ def load_geometry(split: str, objects: int, points: int, cache_dir: str, workers
     if found is not None:
         return found
     return build_geometry(split, objects, points, Path(cache_dir) / f"world-{split}-{objects}x{points}.npy", workers)
-
 
 
 def build_world_embeddings(
@@ -83,7 +79,6 @@ def build_world_embeddings(
     save_tensors(path, tensors, {"cdm3d.kind": "embeddings", "split": split, "clip": clip.name})
 
 
-
 def load_embeddings(path: str, split: str, objects: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """``(text [M, V, D], image [M, R, D] | None, null_text [D])`` of the first ``objects`` objects of a split."""
     tensors, meta = load_tensors(path)
@@ -95,7 +90,6 @@ def load_embeddings(path: str, split: str, objects: int) -> tuple[torch.Tensor, 
     if len(text) < objects:
         raise InputError(f"embeddings {path} cover {len(text)} objects, fewer than {objects}")
     return text[:objects], None if image is None else image[:objects], tensors["null_text"].float()
-
 
 
 def _render(job: tuple[str, int, int]) -> np.ndarray:
@@ -143,4 +137,3 @@ class CaptionedData:
             embeddings["text"] = torch.where(use_image[:, None], self.null_text.expand(size, -1), text)
             embeddings["image"] = torch.where(use_image[:, None], image, torch.zeros_like(image))
         return Conditioning(embeddings, null)
-
