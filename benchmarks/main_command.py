@@ -1,5 +1,6 @@
-"""Time the README's main command, ``cdm3d generate "a red cone"``, end to end in fresh processes: Python's
-start, imports, loading the shipped cascade, sampling, writing the files and the preview.
+"""Time the README's main command, ``bash tools/env.sh cdm3d generate "a red cone" -o DIR``, end to end in fresh
+processes: the environment check, Python's start, imports, loading the shipped cascade, sampling, writing the
+files and the preview.
 
     bash tools/env.sh python benchmarks/main_command.py --out benchmarks/results/main_command.json
 
@@ -23,10 +24,14 @@ from pathlib import Path
 PROMPT = "a red cone"
 
 
-def one_run(cdm3d: str, out: Path) -> float:
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_run(out: Path) -> float:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    subprocess.run([cdm3d, "generate", PROMPT, "-o", str(out)], check=True, capture_output=True)
+    command = ["bash", "tools/env.sh", "cdm3d", "generate", PROMPT, "-o", str(out)]
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
     return time.perf_counter() - start
 
 
@@ -35,13 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    cdm3d = shutil.which("cdm3d") or str(Path(sys.executable).with_name("cdm3d"))
     with tempfile.TemporaryDirectory() as tmp:
-        first = one_run(cdm3d, Path(tmp) / "o")
-        seconds = [one_run(cdm3d, Path(tmp) / "o") for _ in range(args.repeats)]
+        first = one_run(Path(tmp) / "o")
+        seconds = [one_run(Path(tmp) / "o") for _ in range(args.repeats)]
     report = {
         "command": f"python benchmarks/main_command.py --repeats {args.repeats} --out {args.out}",
-        "what": f'cdm3d generate "{PROMPT}" -o DIR',
+        "what": f'bash tools/env.sh cdm3d generate "{PROMPT}" -o DIR',
         "machine": f"{platform.machine()}, {_cores()} CPU cores",
         "first_run_s": round(first, 2),
         "seconds": [round(s, 2) for s in seconds],

@@ -181,7 +181,6 @@ def _eval(args: argparse.Namespace) -> int:
     import json
 
     from cdm3d.core.checkpoint import atomic_path, check_parent
-    from cdm3d.eval.points_eval import evaluate_points
     from cdm3d.stages import load_builtin
 
     if args.per_category < 1 or args.batch < 1 or args.fid_reference < 2 or args.seeds < 1:
@@ -194,53 +193,8 @@ def _eval(args: argparse.Namespace) -> int:
         check_parent(args.out)
     load_builtin()
     settings = {k: v for k, v in (("scheduler", args.scheduler), ("steps", args.steps)) if v is not None}
-    if args.images:
-        from cdm3d.eval.images_eval import evaluate_images
-        from cdm3d.paths import DEFAULT_IMAGE_MODEL
-
-        model = DEFAULT_IMAGE_MODEL if args.model == DEFAULT_MODEL else args.model
-        for path in (args.sr_noaug, args.image_classifier):
-            if path is not None and not path.is_file():
-                raise InputError(f"weights not found: {path}")
-        report = evaluate_images(
-            model,
-            args.per_category,
-            args.batch,
-            args.sr_noaug,
-            args.shape_model,
-            args.classifier if args.shape_model is not None else None,
-            args.image_classifier,
-            reference=args.fid_reference,
-            speed=not args.skip_speed,
-            overrides=settings,
-            seeds=args.seeds,
-            split=args.split,
-        )
-    elif args.meshes:
-        from cdm3d.eval.mesh_eval import evaluate_meshes
-
-        if args.mesh_stage is not None and not args.mesh_stage.is_file():
-            raise InputError(f"mesh stage not found: {args.mesh_stage}")
-        report = evaluate_meshes(
-            args.model,
-            args.classifier,
-            args.per_category,
-            args.batch,
-            args.mesh_stage,
-            None if args.grid is None else {"grid": args.grid},
-            poisson=not args.no_poisson,
-        )
-    else:
-        report = evaluate_points(
-            args.model,
-            args.classifier,
-            args.per_category,
-            args.batch,
-            args.upsampler_noaug,
-            not args.skip_speed,
-            settings,
-            args.guidance,
-        )
+    evaluate = _eval_images if args.images else _eval_meshes if args.meshes else _eval_points
+    report = evaluate(args, settings)
     text = json.dumps(report, indent=2)
     if args.out is not None:
         with atomic_path(args.out) as tmp:
@@ -254,6 +208,55 @@ def _eval(args: argparse.Namespace) -> int:
     summary = {k: {f: report[k][f] for f in ("category_fidelity", "color_fidelity")} for k in rows}
     print(json.dumps(summary))
     return 0
+
+
+def _eval_points(args: argparse.Namespace, settings: dict) -> dict:
+    from cdm3d.eval.points_eval import evaluate_points
+
+    return evaluate_points(
+        args.model,
+        args.classifier,
+        args.per_category,
+        args.batch,
+        args.upsampler_noaug,
+        not args.skip_speed,
+        settings,
+        args.guidance,
+    )
+
+
+def _eval_meshes(args: argparse.Namespace, settings: dict) -> dict:
+    from cdm3d.eval.mesh_eval import evaluate_meshes
+
+    if args.mesh_stage is not None and not args.mesh_stage.is_file():
+        raise InputError(f"mesh stage not found: {args.mesh_stage}")
+    grid = None if args.grid is None else {"grid": args.grid}
+    return evaluate_meshes(
+        args.model, args.classifier, args.per_category, args.batch, args.mesh_stage, grid, poisson=not args.no_poisson
+    )
+
+
+def _eval_images(args: argparse.Namespace, settings: dict) -> dict:
+    from cdm3d.eval.images_eval import evaluate_images
+
+    model = DEFAULT_IMAGE_MODEL if args.model == DEFAULT_MODEL else args.model
+    for path in (args.sr_noaug, args.image_classifier):
+        if path is not None and not path.is_file():
+            raise InputError(f"weights not found: {path}")
+    return evaluate_images(
+        model,
+        args.per_category,
+        args.batch,
+        args.sr_noaug,
+        args.shape_model,
+        args.classifier if args.shape_model is not None else None,
+        args.image_classifier,
+        reference=args.fid_reference,
+        speed=not args.skip_speed,
+        overrides=settings,
+        seeds=args.seeds,
+        split=args.split,
+    )
 
 
 def _check_device(name: str) -> str:

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import results_page  # noqa: E402
 
 # A figure: a percentage, or a number with a decimal point (seconds, Chamfer, FID ...).
-FIGURE = re.compile(r"(?<![\w.])\d+(?:\.\d+)?%|(?<![\w./-])\d+\.\d+(?![\w.]*/)")
+FIGURE = re.compile(r"(?<![\w.])\d+(?:\.\d+)?%|(?<![\w./-])\d+\.\d+(?!\.?\d)(?![\w.]*/)")
 HASH = re.compile(r"\b[0-9a-f]{7,40}\b")
 
 

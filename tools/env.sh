@@ -21,7 +21,8 @@ for candidate in python3.11 python3.12 python3.10 python3; do
 done
 [ -n "$python" ] || { say "needs Python 3.10-3.13 (python3.11 recommended); none found"; exit 1; }
 
-if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
+# grep without -q reads all of ldconfig's output: with pipefail, -q's early exit would fail the pipe (SIGPIPE).
+if ! ldconfig -p 2>/dev/null | grep 'libusb-1.0.so.0' >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing libusb-1.0-0 (open3d needs it)"
     apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1 ||

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_parent(args.out)
         report = _points(args) if args.kind == "points" else _images(args)
-        write_text(args.out, json.dumps(report, indent=2))
+        command = " ".join(["python tools/eval_classifier.py", *(sys.argv[1:] if argv is None else argv)])
+        write_text(args.out, json.dumps({"command": command, **report}, indent=2))
     except Cdm3dError as err:
         print(one_line("eval_classifier", err), file=sys.stderr)
         return 2

@@ -1,10 +1,10 @@
 """Evaluate a cdm3d CLIP (or its text prior) on the world's test split: zero-shot category and colour,
 text-image retrieval; write JSON.
 
-    bash tools/env.sh python tools/eval_clip.py --clip runs/clip/clip.safetensors \
+    bash tools/env.sh python tools/eval_clip.py --clip runs/clip/clip/clip.safetensors \
         --out benchmarks/results/clip_small.json
     bash tools/env.sh python tools/eval_clip.py --clip cdm3d/weights/default/clip.safetensors \
-        --text-prior runs/clip_text_prior/text_prior.safetensors --out benchmarks/results/clip_text_prior.json
+        --text-prior runs/clip/text_prior/text_prior.safetensors --out benchmarks/results/clip_text_prior.json
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             report["image_tower"] = {k: v for k, v in tower.items() if k != "per_category"}
             report["text_prior"] = str(args.text_prior)
         report["weights"] = str(args.clip)
-        write_text(args.out, json.dumps(report, indent=2))
+        command = " ".join(["python tools/eval_clip.py", *(sys.argv[1:] if argv is None else argv)])
+        write_text(args.out, json.dumps({"command": command, **report}, indent=2))
     except Cdm3dError as err:
         print(one_line("eval_clip", err), file=sys.stderr)
         return 2

@@ -46,6 +46,15 @@ COMMANDS = {
     "--out benchmarks/results/sr_vs_base_test.json",
     "sr_vs_base_test_624.json": "python benchmarks/sr_strength_sweep.py --split test --per-category 48 --seeds 3 "
     "--strengths 1 --out benchmarks/results/sr_vs_base_test_624.json",
+    "point_classifier.json": "python tools/eval_classifier.py --kind points "
+    "--out benchmarks/results/point_classifier.json",
+    "image_classifier.json": "python tools/eval_classifier.py --kind images "
+    "--out benchmarks/results/image_classifier.json",
+    "bench_sampling_cpu.json": "cdm3d bench --geometry tiny cdm3d/weights/default --device cpu --batches 1 8 "
+    "--repeats 3 --compare --out benchmarks/results/bench_sampling_cpu.json",
+    "bench_mesh_cpu.json": "cdm3d bench --geometry cdm3d/weights/default --device cpu --batches 1 --repeats 3 "
+    "--mesh-grids 64 128 --out benchmarks/results/bench_mesh_cpu.json",
+    "kill_resume.json": "python benchmarks/kill_resume.py --repeats 5",
 }
 
 
@@ -244,16 +253,18 @@ def _speed() -> str:
         f"{w['objects_with_4096_points_per_s']:.0f}/s with a 4096-point cloud; a mesh render takes "
         f"{w['render_mesh_64px_ms']:.1f} ms at 64 px and {w['render_mesh_512px_ms']:.0f} ms at 512 px."
     )
-    for name in ("bench_sampling_cpu.json", "bench_mesh_cpu.json"):
-        if not (RESULTS / name).exists():
-            continue
-        for r in load(name)["results"]:
-            lat = r["latency_batch1_s"]
-            parts.append(f"`{r['geometry']}` point stages on {r['device']}, {r['threads']} threads: batch-1 latency "
-                         + ", ".join(f"{k} {v:.3f} s" for k, v in lat.items()))  # fmt: skip
+    if (RESULTS / "bench_sampling_cpu.json").exists():
+        for r in load("bench_sampling_cpu.json")["results"]:
+            lat = ", ".join(f"{k} {v:.3f} s" for k, v in r["latency_batch1_s"].items())
+            rate = ", ".join(f"batch {b}: {t['samples_per_s']:.1f}/s" for b, t in r["throughput"].items())
+            parts.append(f"`{r['geometry']}` point stages, one sample per prompt (no selector), {r['device']}, "
+                         f"{r['threads']} threads: batch-1 latency {lat}; throughput {rate}.")  # fmt: skip
+    if (RESULTS / "bench_mesh_cpu.json").exists():
+        for r in load("bench_mesh_cpu.json")["results"]:
             for m in r.get("mesh_sdf", {}).get("runs", []):
-                parts.append(f"`mesh.sdf` grid {m['grid']}: distances {m['distance_grid_s_refine']:.2f} s "
-                             f"(coarse-to-fine; full grid {m['distance_grid_s_full']:.2f} s)")  # fmt: skip
+                parts.append(f"`mesh.sdf` of `{r['geometry']}`, grid {m['grid']}: the distance grid in "
+                             f"{m['distance_grid_s_refine']:.2f} s coarse-to-fine ({m['distance_grid_s_full']:.2f} s "
+                             f"in full), marching cubes {m['marching_cubes_s']:.2f} s.")  # fmt: skip
     return "\n\n".join(parts)
 
 
@@ -337,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = [p for p, text in fresh.items() if not p.exists() or p.read_text() != text]
     if args.check:
         for p in stale:
-            print(f"{p.relative_to(ROOT)} differs from a fresh generation: run python tools/results_page.py")
+            print(f"{p.name} differs from a fresh generation: run python tools/results_page.py")
         return 1 if stale else 0
     for p, text in fresh.items():
         p.write_text(text)

@@ -1,12 +1,12 @@
 """Sampling speed of point cascades: latency, throughput, peak memory, denoiser TFLOP/s.
 
-Used by ``benchmarks/bench_sampling.py`` and ``cdm3d bench``. Speed does not
-depend on training, so every geometry can be measured with random weights:
+Used by ``cdm3d bench``. Speed does not depend on training, so a geometry can be
+measured with random weights:
 
 * ``tiny``    a CPU-sized pair (seconds);
-* ``default`` the shipped cascade's point stages (its own weights and settings);
 * ``pointe``  Point-E's base40M + upsampler geometry (1024 + 3072 points, width
-  512, 12 layers, 8 heads) with 64 + 64 Karras-Heun steps, guidance 3 on the base.
+  512, 12 layers, 8 heads) with 64 + 64 Karras-Heun steps, guidance 3 on the base;
+* a cascade folder: its point stages, with their own weights and settings.
 
 Timings are medians over ``repeats`` runs after one warm-up run, with the
 device synchronised around each run only (never inside the sampling loop).
@@ -200,7 +200,16 @@ def bench(
         "parameters_M": {n: round(sum(p.numel() for p in s.parameters()) / 1e6, 2) for n, s in cascade.stages.items()},
     }
 
-    # Batch-1 latency per stage and end to end (the coarse output feeds the upsampler's timing).
+    result["latency_batch1_s"] = _latency(cascade, sampling, dev, repeats)
+    result["throughput"] = _throughput(cascade, sampling, dev, batches, repeats)
+    result["denoiser"] = _denoiser_rates(cascade, settings, dev, flops_batch or max(batches), repeats)
+    result["dense_bf16_peak_TFLOPs"] = peak_tflops(dev)
+    return result
+
+
+def _latency(cascade: Cascade, sampling: dict, dev: torch.device, repeats: int) -> dict[str, float]:
+    """Batch-1 seconds per stage and end to end (the first stage's output feeds the later stages' timing)."""
+    names = cascade.names
     cond1 = random_conditioning(cascade, 1)
     coarse_out = cascade.run(cond1, stop_at=names[0], sampling=sampling, progress=False).final
     per_stage = {}
@@ -211,9 +220,13 @@ def bench(
         )
         per_stage[name] = round(seconds, 4)
     end_to_end = _median_seconds(lambda: cascade.run(cond1, sampling=sampling, progress=False), dev, repeats)
-    result["latency_batch1_s"] = {**per_stage, "end_to_end": round(end_to_end, 4)}
+    return {**per_stage, "end_to_end": round(end_to_end, 4)}
 
-    # Throughput and peak memory per batch size.
+
+def _throughput(
+    cascade: Cascade, sampling: dict, dev: torch.device, batches: tuple[int, ...], repeats: int
+) -> dict[str, dict]:
+    """Seconds, samples per second and peak memory per batch size."""
     throughput = {}
     for batch in sorted(batches):
         cond = random_conditioning(cascade, batch)
@@ -227,10 +240,7 @@ def bench(
             throughput[str(batch)] = {"out_of_memory": True}
             torch.cuda.empty_cache()
             continue
-        entry = {
-            "seconds": round(seconds, 4),
-            "samples_per_s": round(batch / seconds, 4),
-        }
+        entry = {"seconds": round(seconds, 4), "samples_per_s": round(batch / seconds, 4)}
         if dev.type == "cuda":
             entry["peak_memory_GiB"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
         else:  # the process's peak resident memory so far (it only grows; batches run in increasing size)
@@ -238,27 +248,26 @@ def bench(
 
             entry["process_peak_rss_GiB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
         throughput[str(batch)] = entry
-    result["throughput"] = throughput
+    return throughput
 
-    # Sustained denoiser TFLOP/s (the guided batch: twice the samples when guidance is on).
-    fb = flops_batch or max(batches)
+
+def _denoiser_rates(cascade: Cascade, settings: dict, dev: torch.device, batch: int, repeats: int) -> dict[str, dict]:
+    """Sustained denoiser TFLOP/s per stage (the guided batch: twice the samples when guidance is on)."""
     peak = peak_tflops(dev)
-    result["denoiser"] = {}
-    for name in names:
-        stage = cascade.stages[name]
-        guided_batch = fb * (2 if settings[name]["guidance_scale"] not in (0.0, 1.0) else 1)
+    rates = {}
+    for name, stage in cascade.stages.items():
+        guided_batch = batch * (2 if settings[name]["guidance_scale"] not in (0.0, 1.0) else 1)
         flops, forward = denoiser_flops(stage, guided_batch, dev)
         seconds = _median_seconds(forward, dev, max(repeats, 5), warmup=2)
         tflops = flops / seconds / 1e12
-        result["denoiser"][name] = {
+        rates[name] = {
             "batch": guided_batch,
             "GFLOP_per_forward": round(flops / 1e9, 2),
             "forward_s": round(seconds, 5),
             "TFLOPs": round(tflops, 3),
             "fraction_of_dense_bf16_peak": None if peak is None else round(tflops / peak, 4),
         }
-    result["dense_bf16_peak_TFLOPs"] = peak
-    return result
+    return rates
 
 
 def compare_settings(

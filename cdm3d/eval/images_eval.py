@@ -162,31 +162,29 @@ def evaluate_images(
     if sr_noaug is not None:
         from cdm3d.stages.images.sr import resize_images
 
+        low = Images(resize_images(real * 2 - 1, sr.config.low_size).add(1).div(2).clamp(0, 1))
+        bases = [run[base_name] for run in runs]
+        settings = sr.resolve_sampling(sampling[sr_name]).model_dump()
+        noaug = load_stage(sr_noaug, "images.sr")
         report["cdm_ablation"] = _cdm_ablation(
-            sr_name,
-            sr,
-            load_stage(sr_noaug, "images.sr"),
-            clip,
-            cond,
-            batch,
-            [run[base_name] for run in runs],
-            Images(resize_images(real * 2 - 1, sr.config.low_size).add(1).div(2).clamp(0, 1)),
-            sr.resolve_sampling(sampling[sr_name]).model_dump(),
-            fidelity_of,
-            fid,
-        )
+            sr_name, sr, noaug, clip, cond, batch, bases, low, settings, fidelity_of, fid
+        )  # fmt: skip
     if shape_model is not None and classifier is not None:
         report["to_3d"] = _to_3d(shape_model, classifier, prompts, real, outs[sr_name].pixels, batch, overrides)
     if speed:
-        one = cond.select([0])
-        cascade.run(one, progress=False, sampling=sampling)
-        times = []
-        for r in range(5):
-            t0 = time.perf_counter()
-            cascade.run(one, seed=r, progress=False, sampling=sampling)
-            times.append(time.perf_counter() - t0)
-        report["seconds_per_image_batch1"] = {"median_s": round(statistics.median(times), 3), "repeats": 5}
+        report["seconds_per_image_batch1"] = _seconds_per_image(cascade, cond.select([0]), sampling)
     return report
+
+
+def _seconds_per_image(cascade: Cascade, one: Conditioning, sampling: dict, repeats: int = 5) -> dict[str, Any]:
+    """The median seconds of a batch-1 run (after one unrecorded warm-up run)."""
+    cascade.run(one, progress=False, sampling=sampling)
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        cascade.run(one, seed=r, progress=False, sampling=sampling)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": round(statistics.median(times), 3), "repeats": repeats}
 
 
 SEED_STRIDE = 100_000  # run s seeds its batches from SEED_STRIDE * s (+ the batch's first prompt)

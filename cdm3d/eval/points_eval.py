@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -152,6 +153,36 @@ def subsample(x: torch.Tensor, n: int = 2048) -> torch.Tensor:
     return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
+@dataclass
+class _Run:
+    """What every figure of one point-stage evaluation shares: the point stages, their sampling settings, the
+    test prompts with their labels and conditioning, and the ground-truth clouds."""
+
+    cascade: Cascade
+    sampling: dict[str, dict]
+    classifier: PointClassifier
+    prompts: list[tuple[int, str, str, str]]
+    cond: Conditioning
+    batch: int
+    ref: torch.Tensor  # [P, 2048, 3] ground-truth test clouds
+
+    @property
+    def names(self) -> list[str]:
+        return self.cascade.names
+
+    def stages_of(self, kind: type) -> list[str]:
+        return [n for n in self.names if isinstance(self.cascade.stages[n], kind)]
+
+    def fidelity(self, clouds: PointClouds) -> dict:
+        return fidelity(self.classifier, clouds, [p[2] for p in self.prompts], [p[3] for p in self.prompts])
+
+    def distribution(self, clouds: PointClouds) -> dict:
+        return per_category_distribution(subsample(clouds.coords), self.ref, [p[2] for p in self.prompts])
+
+    def generate(self, sampling: dict, cascade: Cascade | None = None, init: PointClouds | None = None) -> dict:
+        return generate(cascade or self.cascade, self.cond, self.batch, seed=0, init=init, sampling=sampling)
+
+
 def evaluate_points(
     model: str | Path,
     classifier_path: str | Path,
@@ -172,95 +203,111 @@ def evaluate_points(
     stage, fidelity with one candidate per prompt; and the batch-1 seconds per sample.
     ``overrides`` (solver, steps) apply to every diffusion stage, ``guidance`` to the first.
     """
-    from cdm3d.core import DiffusionStage, SelectorStage, load_stage
+    from cdm3d.core import DiffusionStage, SelectorStage
 
     torch.manual_seed(0)
     cascade = Cascade.from_pretrained(model).producing("PointClouds")
     names = cascade.names
     diffusion = [n for n in names if isinstance(cascade.stages[n], DiffusionStage)]
-    selectors = [n for n in names if isinstance(cascade.stages[n], SelectorStage)]
     sampling: dict[str, dict] = {n: dict(overrides or {}) for n in diffusion}
     if guidance is not None:
         sampling[names[0]]["guidance_scale"] = guidance
-    classifier = PointClassifier.load(classifier_path)
     prompts = prompts_per_category(per_category)
-    captions = [p[1] for p in prompts]
-    categories = [p[2] for p in prompts]
-    colors = [p[3] for p in prompts]
-    cond = cascade.encode(captions)
+    cond = cascade.encode([p[1] for p in prompts])
     start = time.time()
-    outs = generate(cascade, cond, batch, seed=0, sampling=sampling)
-    # The diffusion stages: the coarse one and the upsampler; the final clouds are the last stage's (a selector's
-    # choice among candidates when the cascade has one).
-    coarse_name, up_name, final_name = names[0], diffusion[-1], names[-1]
+    # PointFlow compares 2048-point clouds: generated ones are subsampled, 2048 ground-truth points sampled.
+    ref = torch.stack([ground_truth(p[0], 2048) for p in prompts])
+    run = _Run(cascade, sampling, PointClassifier.load(classifier_path), prompts, cond, batch, ref)
+    outs = run.generate(sampling)
+    # The final clouds are the last stage's (a selector's choice among candidates when the cascade has one).
     report: dict = {
         "model": str(model),
         "prompts": len(prompts),
         "sampling": {n: cascade.stages[n].resolve_sampling(sampling.get(n)).model_dump() for n in names},
+        "coarse": run.fidelity(outs[names[0]]),
+        "final": run.fidelity(outs[names[-1]]),
     }
-    report["coarse"] = fidelity(classifier, outs[coarse_name], categories, colors)
-    report["final"] = fidelity(classifier, outs[final_name], categories, colors)
-    # PointFlow compares 2048-point clouds: subsample the generated ones, sample 2048 ground-truth points.
-    ref = torch.stack([ground_truth(p[0], 2048) for p in prompts])
-    report["final"]["distribution_cd"] = per_category_distribution(subsample(outs[final_name].coords), ref, categories)
+    report["final"]["distribution_cd"] = run.distribution(outs[names[-1]])
     # The ablations below compare one sample per prompt (no selection), so their figures isolate what they test.
-    single = {**sampling, **{n: {"candidates": 1} for n in selectors}}
     plain, one = outs, {k: report[k] for k in ("coarse", "final")}
-    if selectors:
-        plain = generate(cascade, cond, batch, seed=0, sampling=single)
-        one = {
-            k: fidelity(classifier, plain[n], categories, colors)
-            for k, n in (("coarse", coarse_name), ("final", final_name))
-        }
-        one["final"]["distribution_cd"] = per_category_distribution(
-            subsample(plain[final_name].coords), ref, categories
-        )["mean_over_categories"]
-        report["selection_ablation"] = {
-            "stage": selectors[0],
-            "candidates": cascade.stages[selectors[0]].candidates(),
-            "with_selection": {k: report[k]["category_fidelity"] for k in ("coarse", "final")},
-            "without_selection": one,
-        }
-    up_sampling = sampling[up_name]
-    up_only = Cascade([(n, cascade.stages[n]) for n in (coarse_name, up_name)], clip=cascade.clip)
+    if run.stages_of(SelectorStage):
+        plain, report["selection_ablation"] = _selection_ablation(run, report)
+        one = report["selection_ablation"]["without_selection"]
+    up_name = run.stages_of(DiffusionStage)[-1]
+    up_only = Cascade([(n, cascade.stages[n]) for n in (names[0], up_name)], clip=cascade.clip)
     report["upsampler_vs_nearest_neighbour"] = upsampler_vs_nearest(
-        up_only, prompts[:: max(1, len(prompts) // 64)], batch, seed=1, sampling=up_sampling
+        up_only, prompts[:: max(1, len(prompts) // 64)], batch, seed=1, sampling=sampling[up_name]
     )
-    if upsampler_noaug is not None and len(diffusion) > 1:
-        noaug = load_stage(upsampler_noaug)
-        ablation = {}
-        for label, stage in (("with_augmentation", cascade.stages[up_name]), ("without_augmentation", noaug)):
-            c2 = Cascade([(up_name, stage)], clip=cascade.clip)
-            settings = dict(up_sampling)
-            if label == "without_augmentation":
-                settings["aug_level"] = 0.0
-            dense = generate(c2, cond, batch, seed=0, init=plain[coarse_name], sampling={up_name: settings})[up_name]
-            row = fidelity(classifier, dense, categories, colors)
-            row.pop("category_fidelity_per_category")
-            row.update(per_category_distribution(subsample(dense.coords), ref, categories)["mean_over_categories"])
-            row["aug_level"] = stage.resolve_sampling(settings).aug_level
-            ablation[label] = row
-        report["augmentation_ablation_on_generated_coarse"] = ablation
-    coarse_stage = cascade.stages[coarse_name]
-    if getattr(coarse_stage, "expert", None) is not None:
-        # The low-noise expert's ablation: the same prompts and seeds with the coarse stage's own network throughout
-        # (impossible for a stage trained above the switch only); one sample per prompt on both sides.
-        ablation = {
-            "switch_timestep": coarse_stage.expert_switch,
-            "with_expert": {k: one[k]["category_fidelity"] for k in ("coarse", "final")},
-            "without_expert": None,
-        }
-        if coarse_stage.lowest_timestep > 0:
-            ablation["why"] = "the coarse stage is trained above the switch only and cannot sample without its expert"
-        else:
-            no_expert = {**single, coarse_name: {**sampling[coarse_name], "expert": False}}
-            no_expert_outs = generate(cascade, cond, batch, seed=0, sampling=no_expert)
-            ablation["without_expert"] = {
-                k: fidelity(classifier, no_expert_outs[n], categories, colors)["category_fidelity"]
-                for k, n in (("coarse", coarse_name), ("final", final_name))
-            }
-        report["expert_ablation"] = ablation
+    if upsampler_noaug is not None and up_name != names[0]:
+        report["augmentation_ablation_on_generated_coarse"] = _augmentation_ablation(run, upsampler_noaug, plain)
+    if getattr(cascade.stages[names[0]], "expert", None) is not None:
+        report["expert_ablation"] = _expert_ablation(run, one)
     report["generation_seconds"] = round(time.time() - start, 1)
     if speed:
-        report["speed_cpu_batch1"] = seconds_per_sample(cascade, captions[0], sampling=sampling)
+        report["speed_cpu_batch1"] = seconds_per_sample(cascade, prompts[0][1], sampling=sampling)
     return report
+
+
+def _single(run: _Run) -> dict[str, dict]:
+    """The run's sampling settings with one candidate per prompt at every selector."""
+    from cdm3d.core import SelectorStage
+
+    return {**run.sampling, **{n: {"candidates": 1} for n in run.stages_of(SelectorStage)}}
+
+
+def _selection_ablation(run: _Run, report: dict) -> tuple[dict, dict]:
+    """The outputs with one sample per prompt, and the fidelity with and without the selector's choice."""
+    from cdm3d.core import SelectorStage
+
+    plain = run.generate(_single(run))
+    coarse, final = run.names[0], run.names[-1]
+    one = {k: run.fidelity(plain[n]) for k, n in (("coarse", coarse), ("final", final))}
+    one["final"]["distribution_cd"] = run.distribution(plain[final])["mean_over_categories"]
+    selector = run.stages_of(SelectorStage)[0]
+    return plain, {
+        "stage": selector,
+        "candidates": run.cascade.stages[selector].candidates(),
+        "with_selection": {k: report[k]["category_fidelity"] for k in ("coarse", "final")},
+        "without_selection": one,
+    }
+
+
+def _augmentation_ablation(run: _Run, upsampler_noaug: str | Path, plain: dict) -> dict:
+    """The upsampler and its no-augmentation twin on the same generated coarse clouds (one per prompt)."""
+    from cdm3d.core import DiffusionStage, load_stage
+
+    up_name = run.stages_of(DiffusionStage)[-1]
+    ablation = {}
+    stages = (("with_augmentation", run.cascade.stages[up_name]), ("without_augmentation", load_stage(upsampler_noaug)))
+    for label, stage in stages:
+        settings = dict(run.sampling[up_name])
+        if label == "without_augmentation":
+            settings["aug_level"] = 0.0
+        one_stage = Cascade([(up_name, stage)], clip=run.cascade.clip)
+        dense = run.generate({up_name: settings}, one_stage, init=plain[run.names[0]])[up_name]
+        row = run.fidelity(dense)
+        row.pop("category_fidelity_per_category")
+        row.update(run.distribution(dense)["mean_over_categories"])
+        row["aug_level"] = stage.resolve_sampling(settings).aug_level
+        ablation[label] = row
+    return ablation
+
+
+def _expert_ablation(run: _Run, one: dict) -> dict:
+    """The low-noise expert's ablation: the same prompts and seeds with the coarse stage's own network throughout
+    (impossible for a stage trained above the switch only); one sample per prompt on both sides."""
+    coarse_name, final_name = run.names[0], run.names[-1]
+    coarse = run.cascade.stages[coarse_name]
+    ablation = {
+        "switch_timestep": coarse.expert_switch,
+        "with_expert": {k: one[k]["category_fidelity"] for k in ("coarse", "final")},
+        "without_expert": None,
+    }
+    if coarse.lowest_timestep > 0:
+        ablation["why"] = "the coarse stage is trained above the switch only and cannot sample without its expert"
+        return ablation
+    outs = run.generate({**_single(run), coarse_name: {**run.sampling[coarse_name], "expert": False}})
+    ablation["without_expert"] = {
+        k: run.fidelity(outs[n])["category_fidelity"] for k, n in (("coarse", coarse_name), ("final", final_name))
+    }
+    return ablation

@@ -45,10 +45,9 @@ class PointCloudData(CaptionedData):
         return self.stage.consumes is not None and not isinstance(self.stage, SelectorStage)
 
     def to(self, device: torch.device | str) -> PointCloudData:
-        """Keep the clouds on ``device`` (a GPU): batches are then gathered and shuffled there (8 against 12 ms
-        per batch of 256 on an H200 machine, tools/gpu/check_batches.py). The random keys still come from the
-        CPU generator and the shuffle is a stable sort, so a run draws the same batches wherever the clouds
-        are (an unstable sort broke ties between equal keys differently on the GPU)."""
+        """Keep the clouds on ``device`` (a GPU): batches are then gathered and shuffled there. The random keys
+        still come from the CPU generator and the shuffle is a stable sort, so a run draws the same batches
+        wherever the clouds are (an unstable sort broke ties between equal keys differently on the GPU)."""
         self.points = self.points.to(device)
         return self
 
