@@ -9,7 +9,6 @@ shape, and how the previous output becomes this stage's conditioning input.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -21,11 +20,9 @@ from cdm3d.core.augmentation import AugmentationConfig, draw_levels, noise_condi
 from cdm3d.core.conditioning import Conditioning
 from cdm3d.core.config import StrictConfig, updated, validate
 from cdm3d.core.guidance import drop_embeddings, guided
-from cdm3d.core.sampling import sample_loop
+from cdm3d.core.sampling import StepCallback, sample_loop
 from cdm3d.core.schedulers import NoiseSchedule, NoiseScheduleConfig, SchedulerName, make_scheduler
 from cdm3d.errors import ConfigError, InputError
-
-StepCallback = Callable[[int, int], None]
 
 
 class StageConfig(StrictConfig):
