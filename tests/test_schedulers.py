@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdm3d.core.schedulers import NoiseSchedule, NoiseScheduleConfig, make_scheduler, scheduler_names
+from cdm3d.core.schedulers import (
+    KARRAS_SAMPLER,
+    NoiseSchedule,
+    NoiseScheduleConfig,
+    make_scheduler,
+    scheduler_names,
+)
 from cdm3d.errors import ConfigError
 
 
@@ -21,8 +27,8 @@ def test_noise_schedule_matches_diffusers(beta_schedule, prediction_type) -> Non
         torch.testing.assert_close(ours.target(x0, noise, t), ref.get_velocity(x0, noise, t), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", scheduler_names())
-def test_every_scheduler_runs_on_point_shaped_tensors(name) -> None:
+@pytest.mark.parametrize("name", [n for n in scheduler_names() if n != KARRAS_SAMPLER])
+def test_every_diffusers_scheduler_runs_on_point_shaped_tensors(name) -> None:
     from cdm3d.core.sampling import sample_loop
 
     sched = make_scheduler(name, NoiseScheduleConfig())

@@ -155,6 +155,9 @@ class ClipEncoder:
         # the stages read both. None: no prior. A cascade folder sets it (clip.text_prior).
         self.text_prior: torch.nn.Module | None = None
         self._null_text: torch.Tensor | None = None
+        # Named ViT CLIPs also give the image tower's patch tokens (before its final LayerNorm, class token
+        # dropped) as the "image_grid" slot: Point-E's image-conditioned models read that grid.
+        self.grid = custom_config is None and hasattr(getattr(model, "visual", None), "transformer")
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -183,6 +186,13 @@ class ClipEncoder:
             raise InputError(f"CLIP checkpoint not found: {path}")
         if model_name not in open_clip.list_models():
             raise ConfigError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+        if _is_torchscript(path):
+            raise CheckpointError(
+                f"{path} is a TorchScript archive (OpenAI's own ViT-L-14.pt is one): loading it would run its code, "
+                "so cdm3d refuses it. Use open_clip's copy of the same weights instead: the file "
+                "open_clip_model.safetensors (or open_clip_pytorch_model.bin) of the Hugging Face repository "
+                "timm/vit_large_patch14_clip_224.openai, with model ViT-L-14-quickgelu"
+            )
         try:
             # open_clip loads .safetensors directly and other files with weights_only=True.
             model = open_clip.create_model(model_name, pretrained=str(path))
@@ -318,13 +328,17 @@ class ClipEncoder:
         return torch.nn.functional.normalize(emb, dim=-1)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """The model's input for ``images [B, 3, H, W]`` in [0, 1]: resized and normalised.
+        """The model's input for ``images [B, 3, H, W]`` in [0, 1]: resized and normalised. A named CLIP gets its
+        own preprocessing (the shortest side resized bicubically to its input size, then a centre crop); cdm3d's
+        small CLIPs a plain resize, as in their training.
 
         Training uses this too, so a CLIP sees the same inputs in training and in use.
         """
         images = images.to(self.device, torch.float32)
         size = self.image_size
-        if images.shape[-2:] != (size, size):
+        if self.custom_config is None:
+            images = _resize_shortest_and_crop(images, size)
+        elif images.shape[-2:] != (size, size):
             images = torch.nn.functional.interpolate(
                 images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )
@@ -341,6 +355,30 @@ class ClipEncoder:
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` unit-norm image embeddings of ``images [B, 3, H, W]`` in [0, 1]."""
         return self._embed(self.model.encode_image, self.preprocess(check_images(images)))
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """``(L, W)``: the image tower's patch tokens and their width (the "image_grid" slot)."""
+        visual = self.model.visual
+        return int(visual.grid_size[0] * visual.grid_size[1]), int(visual.transformer.width)
+
+    @torch.no_grad()
+    def _embed_with_grid(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([B, D] unit-norm embeddings, [B, L, W] patch tokens)`` of preprocessed ``pixels`` in one pass: the
+        tokens are the image transformer's output (before its final LayerNorm), the class token dropped."""
+        seen: list[torch.Tensor] = []
+        hook = self.model.visual.transformer.register_forward_hook(lambda m, i, out: seen.append(out))
+        try:
+            emb = self._embed(self.model.encode_image, pixels)
+        finally:
+            hook.remove()
+        return emb, seen[-1][:, 1:].float()
+
+    def encode_image_grid(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, L, W]`` patch tokens of ``images [B, 3, H, W]`` in [0, 1] (a named ViT CLIP's "image_grid")."""
+        if not self.grid:
+            raise InputError(f"CLIP '{self.name}' gives no image grid (named open_clip ViT models do)")
+        return self._embed_with_grid(self.preprocess(check_images(images)))[1]
 
     def _text_prior(self) -> torch.nn.Module:
         if self.text_prior is None:
@@ -361,8 +399,8 @@ class ClipEncoder:
     ) -> Conditioning:
         """Conditioning for a batch of prompts, images, or both (same batch size).
 
-        Returns a :class:`Conditioning` with slots "text" and/or "image" and the null
-        embeddings of both (CLIP's empty prompt for text, zeros for images). Images are
+        Returns a :class:`Conditioning` with slots "text" and/or "image" (and "image_grid", a named ViT
+        CLIP's patch tokens) and the null embeddings of all (CLIP's empty prompt for text, zeros for images). Images are
         reframed first when :attr:`image_fill` is set, unless ``reframe`` is false. Images
         without prompts fill the "text" slot from :attr:`text_prior` when the CLIP has one,
         unless ``text_prior`` is false (``meta["text_from"]`` says "text_prior").
@@ -380,7 +418,10 @@ class ClipEncoder:
             if self.image_fill is not None and reframe:
                 images = reframe_images(images, self.image_fill)
             pixels = self.preprocess(images)  # once for both towers
-            embeddings["image"] = self._embed(self.model.encode_image, pixels)
+            if self.grid:
+                embeddings["image"], embeddings["image_grid"] = self._embed_with_grid(pixels)
+            else:
+                embeddings["image"] = self._embed(self.model.encode_image, pixels)
             if prompts is None and text_prior and self.text_prior is not None:
                 embeddings["text"] = self._embed(self.text_prior, pixels)
                 meta["text_from"] = "text_prior"
@@ -389,4 +430,29 @@ class ClipEncoder:
             raise InputError(f"prompts and images differ in number: {sizes}")
         null_text = self.null_text()
         null = {"text": null_text, "image": torch.zeros_like(null_text)}
+        if self.grid:
+            null["image_grid"] = torch.zeros(self.grid_shape, device=null_text.device)
         return Conditioning(embeddings, null, checked, meta)
+
+
+def _resize_shortest_and_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """CLIP's own preprocessing: the shortest side resized to ``size`` (bicubic), then a centre crop."""
+    h, w = images.shape[-2:]
+    scale = size / min(h, w)
+    new = (max(size, round(h * scale)), max(size, round(w * scale)))
+    if new != (h, w):
+        images = torch.nn.functional.interpolate(images, size=new, mode="bicubic", antialias=True, align_corners=False)
+        images = images.clamp(0, 1)
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    return images[..., top : top + size, left : left + size]
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding compiled code), which weights-only loading can
+    never read and which cdm3d does not execute."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for name in archive.namelist())

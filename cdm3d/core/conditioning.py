@@ -15,11 +15,12 @@ class Conditioning:
     """CLIP embeddings for a batch, shared by every stage of a cascade.
 
     Attributes:
-        embeddings: slot name ("text", "image") -> ``[B, D]`` unit-norm embeddings.
-            A slot that is absent for the whole batch is simply missing.
-        null: slot name -> ``[D]`` null embedding, used for a missing slot and for
+        embeddings: slot name ("text", "image") -> ``[B, D]`` unit-norm embeddings, or a grid of tokens
+            ``[B, L, D]`` ("image_grid": a CLIP image tower's patch tokens). A slot that is absent for the
+            whole batch is simply missing.
+        null: slot name -> ``[D]`` (or ``[L, D]``) null embedding, used for a missing slot and for
             the unconditional pass of classifier-free guidance. For "text" it is
-            CLIP's embedding of the empty prompt; for "image" it is zeros.
+            CLIP's embedding of the empty prompt; for "image" and "image_grid" it is zeros.
         prompts: the prompts behind the text slot, if any (for logging and file names).
     """
 
@@ -35,31 +36,38 @@ class Conditioning:
         if len(set(sizes.values())) != 1:
             raise InputError(f"conditioning slots disagree on batch size: {sizes}")
         for key, emb in self.embeddings.items():
-            if emb.ndim != 2:
-                raise InputError(f"embedding '{key}' must be [B, D], got shape {tuple(emb.shape)}")
+            if emb.ndim not in (2, 3):
+                raise InputError(f"embedding '{key}' must be [B, D] or a token grid [B, L, D], got {tuple(emb.shape)}")
             if key not in self.null:
                 raise InputError(f"embedding '{key}' has no null embedding for guidance")
+            if tuple(self.null[key].shape) != tuple(emb.shape[1:]):
+                raise InputError(
+                    f"embedding '{key}' is {tuple(emb.shape[1:])} per example, its null {tuple(self.null[key].shape)}"
+                )
             if not torch.isfinite(emb).all():
                 raise InputError(f"embedding '{key}' holds NaN or Inf values")
-        dims = {v.shape[-1] for v in self.null.values()} | {v.shape[-1] for v in self.embeddings.values()}
-        if len(dims) != 1:
-            raise InputError(f"conditioning embeddings disagree on width: {sorted(dims)}")
 
     @property
     def batch_size(self) -> int:
         return next(iter(self.embeddings.values())).shape[0]
 
+    def width(self, key: str) -> int:
+        """The width ``D`` of slot ``key``'s embedding (present or null)."""
+        return self._null(key).shape[-1]
+
     @property
     def dim(self) -> int:
+        """The width of the first slot (the common width of cdm3d's own CLIPs' slots)."""
         return next(iter(self.embeddings.values())).shape[-1]
 
     def stack(self, keys: Sequence[str]) -> torch.Tensor:
-        """``[B, K, D]``: the slots ``keys`` in order, a missing slot as its null embedding."""
-        return torch.stack([self._slot(k) for k in keys], dim=1)
+        """``[B, L, D]``: the tokens of the slots ``keys`` in order (one per vector slot, ``L`` per grid slot),
+        a missing slot as its null embedding."""
+        return torch.cat([_tokens(self._slot(k)) for k in keys], dim=1)
 
     def null_stack(self, keys: Sequence[str]) -> torch.Tensor:
-        """``[B, K, D]``: every slot null (the unconditional input of guidance)."""
-        return torch.stack([self._null(k).expand(self.batch_size, -1) for k in keys], dim=1)
+        """``[B, L, D]``: every slot null (the unconditional input of guidance)."""
+        return torch.cat([_tokens(self._null(k).expand(self.batch_size, *self._null(k).shape)) for k in keys], dim=1)
 
     def _null(self, key: str) -> torch.Tensor:
         if key not in self.null:
@@ -71,7 +79,8 @@ class Conditioning:
     def _slot(self, key: str) -> torch.Tensor:
         if key in self.embeddings:
             return self.embeddings[key]
-        return self._null(key).expand(self.batch_size, -1)
+        null = self._null(key)
+        return null.expand(self.batch_size, *null.shape)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
         def move(t: torch.Tensor) -> torch.Tensor:
@@ -113,3 +122,8 @@ class Conditioning:
         elif key not in nulls:
             nulls[key] = torch.zeros_like(emb[0])
         return Conditioning({**self.embeddings, key: emb}, nulls, self.prompts, dict(self.meta))
+
+
+def _tokens(emb: torch.Tensor) -> torch.Tensor:
+    """A slot's embedding as tokens: ``[B, D]`` -> ``[B, 1, D]``; a grid ``[B, L, D]`` as it is."""
+    return emb[:, None] if emb.ndim == 2 else emb

@@ -41,6 +41,8 @@ class ClipRef(StrictConfig):
     weights: str | None = None
     model: str | None = None
     pretrained: str | None = None
+    # A local open_clip checkpoint file of ``model`` (absolute, or relative to the folder), instead of a tag.
+    checkpoint: str | None = None
     # Conditioning images are reframed so their object spans this fraction of the frame: the framing of the
     # CLIP's training images (ClipEncoder.image_fill; benchmarks/framing.py measures it).
     image_fill: float | None = Field(None, ge=0.05, le=1.0)
@@ -94,10 +96,13 @@ def load_clip(directory: Path, ref: ClipRef) -> ClipEncoder:
     """The CLIP ``ref`` names, relative to ``directory``, with its image framing and text prior."""
     if ref.weights is not None:
         clip = ClipEncoder.load(inside(directory, ref.weights))
+    elif ref.model is not None and ref.checkpoint is not None:
+        path = Path(ref.checkpoint)
+        clip = ClipEncoder.from_checkpoint(path if path.is_absolute() else inside(directory, ref.checkpoint), ref.model)
     elif ref.model is not None and ref.pretrained is not None:
         clip = ClipEncoder.from_pretrained(ref.model, ref.pretrained)
     else:
-        raise CheckpointError("clip entry needs 'weights', or both 'model' and 'pretrained'")
+        raise CheckpointError("clip entry needs 'weights', or 'model' with 'pretrained' or 'checkpoint'")
     clip.image_fill = ref.image_fill
     if ref.text_prior is not None:
         clip.load_text_prior(inside(directory, ref.text_prior))

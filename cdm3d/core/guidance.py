@@ -15,10 +15,6 @@ NetFn = Callable[..., torch.Tensor]
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _double(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else torch.cat([t, t])
-
-
 def guided(
     net: NetFn,
     emb: torch.Tensor,
@@ -26,6 +22,8 @@ def guided(
     scale: float,
     extras: tuple[torch.Tensor | None, ...] = (),
     interval: tuple[int, int] | None = None,
+    null_extras: tuple[torch.Tensor | None, ...] | None = None,
+    combine: bool = True,
 ) -> ModelFn:
     """``model_fn(x, t)`` that applies guidance ``scale`` to ``net``.
 
@@ -40,7 +38,19 @@ def guided(
             conditional prediction alone (one pass instead of two), as Kynkäänniemi et al. 2024
             ("Applying guidance in a limited interval improves sample and distribution quality");
             ``None`` guides at every timestep.
+        null_extras: the unconditional pass's own ``extras`` (default: the same as the conditional pass's).
+        combine: ``False`` returns the two passes' predictions ``[cond; uncond]`` (batch ``2B``) of an input
+            ``x`` that already holds both halves, for samplers that guide something else than the raw prediction
+            (Point-E guides the clamped ``x0``).
     """
+    uncond_extras = extras if null_extras is None else null_extras
+
+    def both(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        doubled = [None if a is None else torch.cat([a, b]) for a, b in zip(extras, uncond_extras)]
+        return net(x, t, torch.cat([emb, null_emb]), *doubled)
+
+    if not combine:
+        return both
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
@@ -49,9 +59,8 @@ def guided(
         if scale == 1.0:
             return net(x, t, emb, *extras)
         if scale == 0.0:
-            return net(x, t, null_emb, *extras)
-        out = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([emb, null_emb]), *map(_double, extras))
-        cond, uncond = out.chunk(2)
+            return net(x, t, null_emb, *uncond_extras)
+        cond, uncond = both(torch.cat([x, x]), torch.cat([t, t])).chunk(2)
         return uncond + scale * (cond - uncond)
 
     return model_fn

@@ -11,11 +11,16 @@ import math
 from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from cdm3d.core.config import StrictConfig
 from cdm3d.errors import ConfigError
 
-SchedulerName = Literal["ddpm", "ddim", "dpm++", "dpm++sde", "euler", "euler_a", "heun", "karras-heun", "unipc"]
+SchedulerName = Literal[
+    "ddpm", "ddim", "dpm++", "dpm++sde", "euler", "euler_a", "heun", "karras-heun", "unipc", "pointe-heun"
+]
+# Not a diffusers scheduler: the core's port of Point-E's Karras-Heun sampler with churn (cdm3d/core/karras.py).
+KARRAS_SAMPLER = "pointe-heun"
 
 # name -> (diffusers class, extra constructor arguments)
 _SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -26,7 +31,7 @@ _SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
     "heun": ("HeunDiscreteScheduler", {}),
-    # Point-E samples with Karras sigmas and Heun's method.
+    # Karras sigmas and Heun's method (diffusers' reading; "pointe-heun" is Point-E's exact sampler).
     "karras-heun": ("HeunDiscreteScheduler", {"use_karras_sigmas": True}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
@@ -38,6 +43,9 @@ class NoiseScheduleConfig(StrictConfig):
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
+    # The end points of the linear schedules (Point-E's upsampler: Ho et al.'s, scaled by 1000 / its 1024 steps).
+    beta_start: float = Field(1e-4, gt=0, lt=1)
+    beta_end: float = Field(0.02, gt=0, lt=1)
 
 
 class NoiseSchedule:
@@ -49,7 +57,8 @@ class NoiseSchedule:
 
     def __init__(self, config: NoiseScheduleConfig) -> None:
         self.config = config
-        self.alphas_cumprod = _alphas_cumprod(config.beta_schedule, config.num_train_timesteps)
+        self.alphas_cumprod_f64 = alphas_cumprod(config)
+        self.alphas_cumprod = self.alphas_cumprod_f64.float()
 
     @property
     def num_train_timesteps(self) -> int:
@@ -76,7 +85,9 @@ class NoiseSchedule:
         return sa * noise - s1a * x0  # v-prediction
 
 
-def _alphas_cumprod(schedule: str, steps: int) -> torch.Tensor:
+def alphas_cumprod(config: NoiseScheduleConfig) -> torch.Tensor:
+    """``[T]`` float64 cumulative alphas of a schedule."""
+    schedule, steps = config.beta_schedule, config.num_train_timesteps
     if schedule == "squaredcos_cap_v2":  # GLIDE's cosine schedule, betas capped at 0.999
 
         def alpha_bar(t: float) -> float:
@@ -87,14 +98,14 @@ def _alphas_cumprod(schedule: str, steps: int) -> torch.Tensor:
             dtype=torch.float64,
         )
     elif schedule == "linear":
-        betas = torch.linspace(1e-4, 0.02, steps, dtype=torch.float64)
+        betas = torch.linspace(config.beta_start, config.beta_end, steps, dtype=torch.float64)
     else:  # scaled_linear
-        betas = torch.linspace(1e-4**0.5, 0.02**0.5, steps, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, 0).float()
+        betas = torch.linspace(config.beta_start**0.5, config.beta_end**0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
 
 
 def scheduler_names() -> list[str]:
-    return sorted(_SCHEDULERS)
+    return sorted([*_SCHEDULERS, KARRAS_SAMPLER])
 
 
 def make_scheduler(name: str, schedule: NoiseScheduleConfig) -> Any:
@@ -109,6 +120,8 @@ def make_scheduler(name: str, schedule: NoiseScheduleConfig) -> Any:
         num_train_timesteps=schedule.num_train_timesteps,
         beta_schedule=schedule.beta_schedule,
         prediction_type=schedule.prediction_type,
+        beta_start=schedule.beta_start,
+        beta_end=schedule.beta_end,
         **extra,
     )
 

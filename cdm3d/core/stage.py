@@ -20,9 +20,16 @@ from cdm3d.core.augmentation import AugmentationConfig, draw_levels, noise_condi
 from cdm3d.core.conditioning import Conditioning
 from cdm3d.core.config import StrictConfig, updated, validate
 from cdm3d.core.guidance import drop_embeddings, guided
+from cdm3d.core.karras import EpsToX0, KarrasConfig, karras_sigmas, sample_heun
 from cdm3d.core.sampling import StepCallback, sample_loop
-from cdm3d.core.schedulers import NoiseSchedule, NoiseScheduleConfig, SchedulerName, make_scheduler
-from cdm3d.errors import ConfigError, InputError
+from cdm3d.core.schedulers import (
+    KARRAS_SAMPLER,
+    NoiseSchedule,
+    NoiseScheduleConfig,
+    SchedulerName,
+    make_scheduler,
+)
+from cdm3d.errors import ConfigError, InputError, SamplingError
 
 
 class StageConfig(StrictConfig):
@@ -105,14 +112,21 @@ class Stage(nn.Module, ABC):
 class TrainableStageConfig(StageConfig):
     """Config of a stage with a network conditioned on CLIP tokens."""
 
-    # Conditioning slots the network reads, one token each, in this order.
+    # Conditioning slots the network reads, in this order (a vector slot is one token, a grid slot its tokens).
     cond_keys: list[str] = ["text"]
     embed_dim: int = Field(512, ge=1)
+    # The unconditional input of guidance and of guidance dropout in training: the CLIP's own null embeddings
+    # (its empty prompt for text, zeros for images), or zeros for every slot (as Point-E's models were trained).
+    null_embedding: Literal["clip", "zeros"] = "clip"
+    # Slots a run must give (a stage that reads images only cannot follow a prompt); the rest may be null.
+    requires: list[str] = []
 
     @model_validator(mode="after")
     def _check_keys(self) -> TrainableStageConfig:
         if not self.cond_keys or len(set(self.cond_keys)) != len(self.cond_keys):
             raise ValueError(f"cond_keys must be non-empty and distinct, got {self.cond_keys}")
+        if not set(self.requires) <= set(self.cond_keys):
+            raise ValueError(f"requires {self.requires} names slots outside cond_keys {self.cond_keys}")
         return self
 
 
@@ -129,19 +143,24 @@ class TrainableStage(Stage):
     net: nn.Module
 
     def _embeddings(self, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(emb, null_emb)``, each ``[B, K, D]`` on the stage's device."""
+        """``(emb, null_emb)``, each ``[B, L, D]`` (the tokens of ``config.cond_keys``) on the stage's device."""
         if not isinstance(cond, Conditioning):
             raise InputError(f"stage '{self.name}' needs a Conditioning, got {type(cond).__name__}")
-        if cond.dim != self.config.embed_dim:
-            raise InputError(
-                f"stage '{self.name}' expects {self.config.embed_dim}-d CLIP embeddings, got {cond.dim}-d; "
-                "use the CLIP encoder this stage was trained with"
-            )
+        cfg = self.config
+        for key in cfg.cond_keys:
+            if cond.width(key) != cfg.embed_dim:
+                raise InputError(
+                    f"stage '{self.name}' expects {cfg.embed_dim}-d CLIP embeddings, got {cond.width(key)}-d "
+                    f"('{key}'); use the CLIP encoder this stage was trained with"
+                )
+        missing = [key for key in cfg.requires if key not in cond.embeddings]
+        if missing:
+            given = sorted(cond.embeddings)
+            raise InputError(f"stage '{self.name}' needs the {missing} conditioning, this run gives {given}")
         device = self.device
-        return (
-            cond.stack(self.config.cond_keys).to(device, torch.float32),
-            cond.null_stack(self.config.cond_keys).to(device, torch.float32),
-        )
+        emb = cond.stack(cfg.cond_keys).to(device, torch.float32)
+        null = cond.null_stack(cfg.cond_keys).to(device, torch.float32)
+        return emb, torch.zeros_like(null) if cfg.null_embedding == "zeros" else null
 
     @abstractmethod
     def loss(
@@ -201,6 +220,8 @@ class SamplingConfig(StrictConfig):
     # repeated runs). "reduce-overhead" also captures CUDA graphs.
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    # The settings of scheduler "pointe-heun" (Point-E's Karras-Heun sampler with churn; steps are Heun steps).
+    karras: KarrasConfig = KarrasConfig()
 
     @model_validator(mode="after")
     def _check_interval(self) -> SamplingConfig:
@@ -220,6 +241,9 @@ class DiffusionConfig(StrictConfig):
     # Training timesteps are drawn uniformly from [lo, hi) (default: all of them). A low-noise expert
     # (DiffusionStage.set_expert) is the same stage trained on [0, switch) only.
     timesteps: list[int] | None = None
+    # The conditioning input of guidance's unconditional pass, a constant per channel (None: the same input as
+    # the conditional pass). Point-E's sampler zeroes its upsampler's low-resolution cloud there.
+    null_cond_input: list[float] | None = None
 
     @model_validator(mode="after")
     def _check_timesteps(self) -> DiffusionConfig:
@@ -353,6 +377,13 @@ class DiffusionStage(TrainableStage):
     def to_output(self, x: torch.Tensor, prev: Any) -> Any:
         """Wrap the sampled tensor ``x [B, *S]`` into this stage's output type."""
 
+    def training_pair(
+        self, x0: torch.Tensor, cond_input: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A training batch's targets and conditioning input as the network sees them (default: as the data
+        source gives them; a plugin whose network works in another frame maps them here)."""
+        return x0, cond_input
+
     def init_sample(self, prev: Any) -> torch.Tensor | None:
         """A guess ``[B, *S]`` of this stage's output made from ``prev``, where ``sampling.strength`` below 1
         starts (``None``: the stage has none and samples from noise only)."""
@@ -368,6 +399,8 @@ class DiffusionStage(TrainableStage):
 
     def num_steps(self, sampling: Any = None) -> int:
         s = self.resolve_sampling(sampling)
+        if s.scheduler == KARRAS_SAMPLER:
+            return s.steps
         # Heun evaluates the model twice per step and diffusers counts both.
         scheduler = self._scheduler_for(s)
         return len(scheduler.timesteps) - self._start_step(s, scheduler)
@@ -417,11 +450,13 @@ class DiffusionStage(TrainableStage):
             level = torch.full((batch,), s.aug_level, device=self.device)
             if s.aug_level > 0:
                 c = noise_condition(c, level, generator)
+        if s.scheduler == KARRAS_SAMPLER:
+            x = self._sample_karras(s, emb, null_emb, (c, level), generator, callback)
+            return self.to_output(x, prev)
         scheduler = self._scheduler_for(s)
         start = self._start_step(s, scheduler)
         init = self._initial_guess(prev, s) if start else None
-        # Noise is drawn on the CPU so a seed gives the same sample on any device.
-        noise = torch.randn((batch, *self.sample_shape()), generator=generator).to(self.device)
+        noise = self.draw_noise(batch, generator).to(self.device)
         model_fn, low_noise = self._model_fns(s, emb, null_emb, (c, level))
         use_bf16 = s.autocast and self.device.type == "cuda"
         was_training = self.training
@@ -444,6 +479,63 @@ class DiffusionStage(TrainableStage):
             self.train(was_training)
         return self.to_output(x, prev)
 
+    def draw_noise(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+        """``[batch, *S]`` standard normal noise, drawn on the CPU so a seed gives the same sample on any device.
+        A plugin may draw it in another layout (a converted model's, so a seed gives that model's samples)."""
+        return torch.randn((batch, *self.sample_shape()), generator=generator)
+
+    def _null_extras(self, extras: tuple[Any, Any]) -> tuple[Any, Any] | None:
+        """The conditioning input of guidance's unconditional pass, when the stage replaces it."""
+        values, (c, level) = self.config.diffusion.null_cond_input, extras
+        if values is None or c is None:
+            return None
+        if len(values) != c.shape[-1]:
+            raise ConfigError(
+                f"stage '{self.name}': null_cond_input has {len(values)} channels, the input {c.shape[-1]}"
+            )
+        return torch.tensor(values, device=c.device, dtype=c.dtype).expand_as(c), level
+
+    def _sample_karras(
+        self, s: SamplingConfig, emb: torch.Tensor, null_emb: torch.Tensor, extras: tuple[Any, Any], generator, callback
+    ) -> torch.Tensor:
+        """Point-E's Karras-Heun sampler (scheduler ``pointe-heun``): guidance on each pass's clamped ``x0``."""
+        if s.strength < 1 or (self.expert is not None and s.expert) or s.guidance_interval is not None:
+            raise ConfigError(
+                f"stage '{self.name}': scheduler {KARRAS_SAMPLER!r} takes no strength below 1, expert or "
+                "guidance interval; choose a diffusers scheduler for those"
+            )
+        if self.config.diffusion.schedule.prediction_type != "epsilon":
+            raise ConfigError(f"stage '{self.name}': scheduler {KARRAS_SAMPLER!r} needs an epsilon-prediction stage")
+        k, batch, scale = s.karras, emb.shape[0], s.guidance_scale
+        net = self._compiled_net(s.compile_mode) if s.compile else self.net
+        to_x0 = EpsToX0(self.noise_schedule.alphas_cumprod_f64, k.clip_denoised)
+        if scale == 1.0:
+            denoise = to_x0(lambda x, t: net(x, t.float(), emb, *extras))
+        else:
+            both = guided(net, emb, null_emb, scale, extras, null_extras=self._null_extras(extras), combine=False)
+            pair = to_x0(lambda x, t: both(x, t.float()))
+
+            def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+                cond, uncond = pair(torch.cat([x, x]), torch.cat([sigma, sigma])).chunk(2)
+                return uncond + scale * (cond - uncond)
+
+        sigmas = karras_sigmas(s.steps, k.sigma_min, k.sigma_max, k.rho).to(self.device)
+        x = self.draw_noise(batch, generator).to(self.device) * k.sigma_max
+
+        def noise() -> torch.Tensor:
+            return self.draw_noise(batch, generator).to(self.device)
+
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.autocast("cuda", torch.bfloat16, enabled=s.autocast and self.device.type == "cuda"):
+                x = sample_heun(denoise, x, sigmas, noise, s_churn=k.s_churn, callback=callback)
+        finally:
+            self.train(was_training)
+        if s.check_finite and not torch.isfinite(x).all():
+            raise SamplingError(f"stage '{self.name}': non-finite values in the sample; lower the guidance scale")
+        return x
+
     def _initial_guess(self, prev: Any, s: SamplingConfig) -> torch.Tensor:
         """Where SDEdit (``strength`` below 1) starts: the stage's own guess of its output."""
         init = self.init_sample(prev)
@@ -460,7 +552,7 @@ class DiffusionStage(TrainableStage):
         """The guided model function, and ``(switch, fn)`` of the low-noise expert when it denoises."""
         interval = None if s.guidance_interval is None else tuple(s.guidance_interval)
         net = self._compiled_net(s.compile_mode) if s.compile else self.net
-        model_fn = guided(net, emb, null_emb, s.guidance_scale, cond, interval)
+        model_fn = guided(net, emb, null_emb, s.guidance_scale, cond, interval, self._null_extras(cond))
         if self.lowest_timestep > 0 and (self.expert is None or not s.expert):
             raise InputError(
                 f"stage '{self.name}' is trained on timesteps [{self.lowest_timestep}, ...) only and needs its "
@@ -470,7 +562,8 @@ class DiffusionStage(TrainableStage):
             return model_fn, None
         expert_net = self.expert._compiled_net(s.compile_mode) if s.compile else self.expert.net
         scale = s.guidance_scale if s.expert_guidance_scale is None else s.expert_guidance_scale
-        return model_fn, (self.expert_switch, guided(expert_net, emb, null_emb, scale, cond, interval))
+        expert_fn = guided(expert_net, emb, null_emb, scale, cond, interval, self._null_extras(cond))
+        return model_fn, (self.expert_switch, expert_fn)
 
     def _compiled_net(self, mode: str) -> Any:
         cache = self.__dict__.setdefault("_compiled", {})  # kept out of the module tree and the state dict
@@ -504,6 +597,7 @@ class DiffusionStage(TrainableStage):
         """
         if (cond_input is None) != (self.consumes is None):
             raise InputError(f"stage '{self.name}': cond_input must be given exactly when the stage consumes one")
+        x0, cond_input = self.training_pair(x0, cond_input)
         emb, null_emb = self._embeddings(cond)
         emb = drop_embeddings(emb, null_emb, self.config.diffusion.cond_drop_prob, generator)
         batch, device = x0.shape[0], x0.device

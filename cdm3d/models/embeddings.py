@@ -20,12 +20,14 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class ScalarEmbedding(nn.Module):
-    """A scalar per example (timestep, augmentation level) -> a width-``width`` vector."""
+    """A scalar per example (timestep, augmentation level) -> a width-``width`` vector: an MLP (SiLU, or GELU as
+    Point-E's time embedding) of its sinusoidal embedding."""
 
-    def __init__(self, width: int, scale: float = 1.0) -> None:
+    def __init__(self, width: int, scale: float = 1.0, activation: str = "silu") -> None:
         super().__init__()
         self.scale = scale
-        self.mlp = nn.Sequential(nn.Linear(width, width * 4), nn.SiLU(), nn.Linear(width * 4, width))
+        act = nn.GELU() if activation == "gelu" else nn.SiLU()
+        self.mlp = nn.Sequential(nn.Linear(width, width * 4), act, nn.Linear(width * 4, width))
         self.width = width
 
     def forward(self, value: torch.Tensor) -> torch.Tensor:

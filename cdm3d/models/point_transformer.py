@@ -17,6 +17,8 @@ with them starts as the same function as one without (warm starts keep it).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from einops import rearrange
 from pydantic import Field, model_validator
@@ -38,6 +40,11 @@ class PointTransformerConfig(StrictConfig):
     local_k: int = Field(0, ge=0)
     local_width: int = Field(64, ge=1)  # channels of the neighbour features
     local_layers: int = Field(0, ge=0)  # local blocks after the last this many blocks (0: after every block)
+    # Point-E's conventions, for converted models: GELU in the time MLP, a LayerNorm on the CLIP tokens before
+    # their projection (its image-grid models), and no augmentation-level token on the conditioning cloud.
+    time_mlp: Literal["silu", "gelu"] = "silu"
+    clip_norm: bool = False
+    level_token: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> PointTransformerConfig:
@@ -125,12 +132,15 @@ class PointDenoiser(nn.Module):
         super().__init__()
         w = config.width
         self.input_proj = nn.Linear(channels, w)
-        self.time_embed = ScalarEmbedding(w)
+        self.time_embed = ScalarEmbedding(w, activation=config.time_mlp)
+        self.clip_norm = nn.LayerNorm(embed_dim) if config.clip_norm else None
         self.clip_proj = nn.Linear(embed_dim, w)
         self.slot_embed = nn.Parameter(torch.randn(num_tokens, w) * 0.02)
         self.cond_channels = cond_channels
+        self.level_token = config.level_token and bool(cond_channels)
         if cond_channels:
             self.cond_proj = nn.Linear(cond_channels, w)
+        if self.level_token:
             # Levels live in [0, 1]; scale them to the timestep range of the sinusoids.
             self.level_embed = ScalarEmbedding(w, scale=1000.0)
             self.cond_marker = nn.Parameter(torch.randn(w) * 0.02)
@@ -161,12 +171,14 @@ class PointDenoiser(nn.Module):
         cond_level: torch.Tensor | None = None,
     ) -> torch.Tensor:
         n = x.shape[1]
-        tokens = [self.time_embed(t)[:, None], self.clip_proj(emb.to(x.dtype)) + self.slot_embed]
+        tokens = [self.time_embed(t)[:, None], self.clip_tokens(emb.to(x.dtype))]
         if self.cond_channels:
-            if cond is None or cond_level is None:
+            if cond is None or (self.level_token and cond_level is None):
                 raise ValueError("this denoiser needs a conditioning cloud and its augmentation level")
-            level = self.level_embed(cond_level)[:, None]
-            tokens.append(self.cond_proj(cond) + level + self.cond_marker)
+            cond_tokens = self.cond_proj(cond)
+            if self.level_token:
+                cond_tokens = cond_tokens + self.level_embed(cond_level)[:, None] + self.cond_marker
+            tokens.append(cond_tokens)
         points = self.input_proj(x)
         if self.anchored:
             points = points + self.anchor_proj(tile_anchors(cond, n))
@@ -181,6 +193,13 @@ class PointDenoiser(nn.Module):
                 local = self.local_blocks[i - self.local_from]
                 h = torch.cat([h[:, :m], local(h[:, m:], pos, idx)], dim=1)
         return self.output_proj(self.ln_post(h[:, -n:]))
+
+
+    def clip_tokens(self, emb: torch.Tensor) -> torch.Tensor:
+        """``[B, L, W]`` tokens of the CLIP embeddings ``emb [B, L, D]`` (one per vector slot, or a grid's)."""
+        if self.clip_norm is not None:
+            emb = self.clip_norm(emb)
+        return self.clip_proj(emb) + self.slot_embed  # a grid slot's one embedding reaches each of its tokens
 
 
 def tile_anchors(cloud: torch.Tensor, n: int) -> torch.Tensor:

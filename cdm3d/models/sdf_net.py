@@ -14,6 +14,7 @@ size, on the CPU or batched on a GPU.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from einops import rearrange
@@ -36,6 +37,9 @@ class SDFNetConfig(StrictConfig):
     # Each query attends to its k nearest encoded points, with their offsets as relative positions (fast to learn:
     # distance is local); 0: to every encoder token (global cross-attention, as Point-E's decoder).
     neighbours: int = Field(16, ge=0)
+    # "cdm3d": the network above; "pointe": Point-E's SDF model for converted weights (xyz only, no CLIP tokens, a
+    # global cross-attention decoder with a LayerNorm on the latents in every block; PointESDFNet).
+    arch: Literal["cdm3d", "pointe"] = "cdm3d"
 
     @model_validator(mode="after")
     def _check(self) -> SDFNetConfig:
@@ -54,11 +58,13 @@ def fourier_features(xyz: torch.Tensor, octaves: int) -> torch.Tensor:
 
 
 class CrossBlock(nn.Module):
-    """Queries attend to a fixed set of context tokens, then an MLP (pre-norm residual)."""
+    """Queries attend to a fixed set of context tokens, then an MLP (pre-norm residual). With ``context_norm``
+    the block normalises the context itself (Point-E's decoder; cdm3d's shares one normalised context)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float, context_norm: bool = False) -> None:
         super().__init__()
         self.heads = heads
+        self.ln_kv = nn.LayerNorm(width) if context_norm else None
         self.ln_q = nn.LayerNorm(width)
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(width, 2 * width)
@@ -69,6 +75,8 @@ class CrossBlock(nn.Module):
 
     def context(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[B, H, L, W/H]`` of normalised context tokens (computed once per cloud)."""
+        if self.ln_kv is not None:
+            ctx = self.ln_kv(ctx)
         kv = rearrange(self.kv(ctx), "b n (two h d) -> two b h n d", two=2, h=self.heads)
         return kv[0], kv[1]
 
@@ -172,6 +180,46 @@ class PointSDFNet(nn.Module):
         else:
             for i, layer in enumerate(self.decoder):
                 h = layer(h, (enc[f"k{i}"], enc[f"v{i}"]))
+        return self.head(self.ln_out(h))[..., 0]
+
+    def forward(self, points: torch.Tensor, emb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(points, emb), queries)
+
+
+class PointESDFNet(nn.Module):
+    """Point-E's SDF model (``CrossAttentionPointCloudSDFModel``), for converted weights: a transformer encodes
+    the cloud's xyz, and each query attends to every encoded point through cross-attention blocks.
+
+    The same interface as :class:`PointSDFNet` (colours and CLIP tokens are accepted and not read)::
+
+        points [B, N, C >= 3], emb [B, K, D], queries [B, Q, 3] -> sdf [B, Q]
+    """
+
+    def __init__(self, config: SDFNetConfig) -> None:
+        super().__init__()
+        w = config.width
+        self.point_proj = nn.Linear(3, w)
+        self.encoder = nn.ModuleList(Block(w, config.heads, config.mlp_ratio) for _ in range(config.encoder_layers))
+        self.query_proj = nn.Linear(3, w)
+        self.decoder = nn.ModuleList(
+            CrossBlock(w, config.heads, config.mlp_ratio, context_norm=True) for _ in range(config.decoder_layers)
+        )
+        self.ln_out = nn.LayerNorm(w)
+        self.head = nn.Linear(w, 1)
+
+    def encode(self, points: torch.Tensor, emb: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        h = self.point_proj(points[..., :3])
+        for block in self.encoder:
+            h = block(h)
+        out = {}
+        for i, layer in enumerate(self.decoder):
+            out[f"k{i}"], out[f"v{i}"] = layer.context(h)
+        return out
+
+    def decode(self, enc: dict[str, torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
+        h = self.query_proj(queries)
+        for i, layer in enumerate(self.decoder):
+            h = layer(h, (enc[f"k{i}"], enc[f"v{i}"]))
         return self.head(self.ln_out(h))[..., 0]
 
     def forward(self, points: torch.Tensor, emb: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,8 @@ from cdm3d.core import STAGES, Conditioning, StrictConfig, TrainableStage, Train
 from cdm3d.core.guidance import drop_embeddings
 from cdm3d.core.stage import split_part
 from cdm3d.errors import InputError, SamplingError
-from cdm3d.models.sdf_net import PointSDFNet, SDFNetConfig
+from cdm3d.models.sdf_net import PointESDFNet, PointSDFNet, SDFNetConfig
+from cdm3d.stages.points.frame import Frame, from_network, to_network
 from cdm3d.types.meshes import Meshes
 
 
@@ -48,6 +49,10 @@ class SDFSamplingConfig(StrictConfig):
     min_component: float = Field(0.02, ge=0.0, lt=1.0)
     # Taubin smoothing iterations on the extracted mesh (moves vertices only: the mesh stays watertight).
     smooth: int = Field(5, ge=0, le=200)
+    # "closed": the grid padded with "outside", so every surface closes (watertight meshes). "pointe": Point-E's
+    # conventions for its converted SDF model: no padding nor clamping, a grid of ``bound * 2`` a side sampled as
+    # Point-E samples it, a volume without a sign change mean-centred, faces wound as Point-E winds them.
+    marching: Literal["closed", "pointe"] = "closed"
 
 
 class SDFMeshConfig(TrainableStageConfig):
@@ -61,6 +66,9 @@ class SDFMeshConfig(TrainableStageConfig):
     cond_drop_prob: float = Field(0.1, ge=0, le=1)  # training: CLIP tokens replaced by null ones
     network: SDFNetConfig = SDFNetConfig()
     sampling: SDFSamplingConfig = SDFSamplingConfig()
+    # The network's coordinate frame: "pointe" (Point-E's converted SDF) reads z-up coordinates at half cdm3d's
+    # scale (Point-E's raw units); the stage maps at its boundary, so meshes come out in cdm3d's frame.
+    frame: Frame = "cdm3d"
 
 
 @STAGES.register("mesh.sdf")
@@ -72,7 +80,20 @@ class SDFMeshStage(TrainableStage):
 
     def __init__(self, config: SDFMeshConfig) -> None:
         super().__init__(config)
-        self.net = PointSDFNet(config.network, config.embed_dim, len(config.cond_keys))
+        if config.network.arch == "pointe":
+            self.net = PointESDFNet(config.network)
+        else:
+            self.net = PointSDFNet(config.network, config.embed_dim, len(config.cond_keys))
+        # Network units per cdm3d unit: Point-E's raw coordinates are half cdm3d's.
+        self.scale = 0.5 if config.frame == "pointe" else 1.0
+
+    def to_net(self, xyz: torch.Tensor) -> torch.Tensor:
+        """cdm3d coordinates ``[..., 3 + C]`` in the network's frame and units (other channels as they are)."""
+        x = to_network(xyz, self.config.frame)
+        return torch.cat([x[..., :3] * self.scale, x[..., 3:]], -1)
+
+    def from_net(self, xyz: torch.Tensor) -> torch.Tensor:
+        return from_network(xyz / self.scale, self.config.frame)
 
     def resolve_sampling(self, sampling: SDFSamplingConfig | dict[str, Any] | None) -> SDFSamplingConfig:
         return self._settings(sampling, self.config.sampling)
@@ -87,7 +108,7 @@ class SDFMeshStage(TrainableStage):
         if x.shape[1] > n:
             keep = torch.rand(x.shape[0], x.shape[1], generator=generator).argsort(1)[:, :n]
             x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))
-        return x.to(self.device)
+        return self.to_net(x).to(self.device)
 
     @torch.no_grad()
     def sdf_grid(
@@ -98,7 +119,7 @@ class SDFMeshStage(TrainableStage):
         generator: torch.Generator | None = None,
         sampling: SDFSamplingConfig | dict[str, Any] | None = None,
     ) -> torch.Tensor:
-        """Predicted signed distances ``[B, G, G, G]`` (CPU, float32) on the grid; axes are x, y, z."""
+        """Predicted signed distances ``[B, G, G, G]`` (CPU, float32) on the grid; axes are the network's x, y, z."""
         self.check_prev(prev)
         s = self.resolve_sampling(sampling)
         emb, _ = self._embeddings(cond)
@@ -115,33 +136,41 @@ class SDFMeshStage(TrainableStage):
         finally:
             self.train(was_training)
 
-    def _decode(self, enc: dict[str, torch.Tensor], queries: torch.Tensor, chunk: int) -> torch.Tensor:
-        """Distances ``[B, Q]`` at ``queries [B, Q, 3]``, ``chunk`` queries (over the batch) per call."""
-        per_call = max(1, chunk // queries.shape[0])
+    def _decode(self, enc: dict[str, torch.Tensor], queries: torch.Tensor, s: SDFSamplingConfig) -> torch.Tensor:
+        """Distances ``[B, Q]`` at ``queries [B, Q, 3]``, ``s.chunk`` queries (over the batch) per call."""
+        per_call = max(1, s.chunk // queries.shape[0])
         out = [self.net.decode(enc, queries[:, i : i + per_call]) for i in range(0, queries.shape[1], per_call)]
+        out = torch.cat(out, 1).float()
+        if s.marching == "pointe":
+            return out
         tau = self.config.truncation
-        return torch.cat(out, 1).float().clamp(-tau, tau)
+        return out.clamp(-tau, tau)
 
-    def _axis(self, n: int) -> torch.Tensor:
-        return torch.linspace(-self.config.bound, self.config.bound, n, device=self.device)
+    def _axis(self, n: int, s: SDFSamplingConfig) -> torch.Tensor:
+        """The grid's coordinates along an axis, in the network's units (Point-E's: ``i * voxel + min``)."""
+        bound = self.config.bound * self.scale
+        if s.marching == "pointe":
+            voxel = 2 * bound / (n - 1)
+            return torch.arange(n, device=self.device).float() * voxel - bound
+        return torch.linspace(-bound, bound, n, device=self.device)
 
     def _grid_values(self, enc: dict[str, torch.Tensor], batch: int, s: SDFSamplingConfig) -> torch.Tensor:
         g = s.grid
-        if not s.refine or g < 16:
-            return self._decode(enc, _grid_points(self._axis(g), batch), s.chunk).view(batch, g, g, g)
+        if not s.refine or g < 16 or s.marching == "pointe":
+            return self._decode(enc, _grid_points(self._axis(g, s), batch), s).view(batch, g, g, g)
         coarse_n = g // 2 + 1
-        coarse = self._decode(enc, _grid_points(self._axis(coarse_n), batch), s.chunk).view(batch, 1, *[coarse_n] * 3)
+        coarse = self._decode(enc, _grid_points(self._axis(coarse_n, s), batch), s).view(batch, 1, *[coarse_n] * 3)
         fine = F.interpolate(coarse, size=(g, g, g), mode="trilinear", align_corners=True)[:, 0]
         # Within the truncation band the coarse value is a real distance; dilate by a coarse cell for thin parts.
         near = (coarse.abs() < 0.9 * self.config.truncation).float()
         near = F.max_pool3d(near, 3, stride=1, padding=1)
         near = F.interpolate(near, size=(g, g, g), mode="trilinear", align_corners=True)[:, 0] > 0
-        axis = self._axis(g)
+        axis = self._axis(g, s)
         for b in range(batch):
             idx = near[b].nonzero()
             if len(idx):
                 queries = torch.stack([axis[idx[:, 0]], axis[idx[:, 1]], axis[idx[:, 2]]], -1)[None]
-                fine[b][near[b]] = self._decode({key: t[b : b + 1] for key, t in enc.items()}, queries, s.chunk)[0]
+                fine[b][near[b]] = self._decode({key: t[b : b + 1] for key, t in enc.items()}, queries, s)[0]
         return fine
 
     @torch.no_grad()
@@ -160,7 +189,7 @@ class SDFMeshStage(TrainableStage):
             raise SamplingError(f"stage '{self.name}': the predicted distance field holds NaN or Inf values")
         vs, fs, cs = [], [], []
         for i in range(len(prev)):
-            v, f = self.marching_cubes(grids[i].numpy(), s.min_component, s.smooth)
+            v, f = self.marching_cubes(grids[i].numpy(), s.min_component, s.smooth, s.marching)
             if len(f) == 0:
                 raise SamplingError(
                     f"stage '{self.name}': item {i} has no surface (the predicted distance never changes sign); "
@@ -174,20 +203,20 @@ class SDFMeshStage(TrainableStage):
         return Meshes(vs, fs, cs)
 
     def marching_cubes(
-        self, values: np.ndarray, min_component: float = 0.0, smooth: int = 0
+        self, values: np.ndarray, min_component: float = 0.0, smooth: int = 0, marching: str = "closed"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Vertices ``[V, 3]`` (float32, world units) and faces ``[F, 3]`` of the zero level set of a
-        ``[G, G, G]`` grid of signed distances over ``[-bound, bound]^3``; empty arrays if there is none."""
-        from skimage.measure import marching_cubes
-
-        # Pad with "outside" so surfaces touching the grid's border close.
-        padded = np.pad(values.astype(np.float32), 1, constant_values=self.config.truncation)
-        if not (padded.min() < 0 < padded.max()):
-            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
-        step = 2 * self.config.bound / (values.shape[0] - 1)
-        verts, faces, _, _ = marching_cubes(padded, level=0.0, spacing=(step, step, step))
-        verts = verts - step - self.config.bound
-        faces = faces.astype(np.int64)
+        """Vertices ``[V, 3]`` (float32, cdm3d's frame and units) and faces ``[F, 3]`` of the zero level set of a
+        ``[G, G, G]`` grid of signed distances over ``[-bound, bound]^3`` (the network's frame); empty arrays if
+        there is none."""
+        bound = self.config.bound * self.scale
+        if marching == "pointe":
+            verts, faces = _pointe_marching_cubes(values, bound)
+        else:
+            verts, faces = _closed_marching_cubes(values, bound, self.config.truncation)
+        if len(faces) == 0:
+            return verts, faces
+        if self.config.frame != "cdm3d":
+            verts = self.from_net(torch.from_numpy(np.ascontiguousarray(verts, np.float32))).numpy()
         if min_component > 0:
             verts, faces = _drop_small_components(verts, faces, min_component)
         if smooth > 0:
@@ -226,9 +255,40 @@ class SDFMeshStage(TrainableStage):
         if part is not None:
             sl = split_part(batch, part)
             x0, points, emb = x0[sl], points[sl], emb[sl]
+        if cfg.frame != "cdm3d":  # the network's frame and units (distances scale with the coordinates)
+            points, x0 = self.to_net(points), torch.cat([self.to_net(x0[..., :3]), x0[..., 3:] * self.scale], -1)
         pred = (net or self.net)(points, emb, x0[..., :3])
         tau = cfg.truncation
         return F.l1_loss(pred.float(), x0[..., 3].float().clamp(-tau, tau))
+
+
+def _closed_marching_cubes(values: np.ndarray, bound: float, truncation: float) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes on the grid padded with "outside" (``truncation``), so surfaces touching the border close."""
+    from skimage.measure import marching_cubes
+
+    padded = np.pad(values.astype(np.float32), 1, constant_values=truncation)
+    if not (padded.min() < 0 < padded.max()):
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+    step = 2 * bound / (values.shape[0] - 1)
+    verts, faces, _, _ = marching_cubes(padded, level=0.0, spacing=(step, step, step))
+    return verts - step - bound, faces.astype(np.int64)
+
+
+def _pointe_marching_cubes(values: np.ndarray, bound: float) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes as Point-E's ``marching_cubes_mesh`` runs it: no padding, a volume without a sign change
+    mean-centred, the faces' first two corners swapped (its right-hand winding)."""
+    from skimage.measure import marching_cubes
+
+    volume = values.astype(np.float32)
+    if np.all(volume < 0) or np.all(volume > 0):
+        volume = volume - np.mean(volume)
+    step = 2 * bound / (values.shape[0] - 1)
+    try:
+        verts, faces, _, _ = marching_cubes(volume, level=0, allow_degenerate=False, spacing=(step,) * 3)
+    except (ValueError, RuntimeError):  # a flat volume (no surface at all)
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+    faces = faces[:, [1, 0, 2]].astype(np.int64)
+    return verts - bound, faces
 
 
 def _grid_points(axis: torch.Tensor, batch: int) -> torch.Tensor:

@@ -27,7 +27,8 @@ from cdm3d.core.augmentation import AugmentationConfig
 from cdm3d.core.stage import DiffusionConfig
 from cdm3d.errors import InputError
 from cdm3d.models.point_transformer import PointDenoiser, PointTransformerConfig, tile_anchors
-from cdm3d.stages.points.coarse import CHANNELS
+from cdm3d.stages.points.coarse import CHANNELS, PointStageMixin
+from cdm3d.stages.points.frame import Frame, from_network, to_network
 from cdm3d.types import PointClouds
 
 
@@ -43,10 +44,13 @@ class UpsamplePointsConfig(DiffusionStageConfig):
     # Generate offsets from anchor points (see the module docstring); off: absolute positions, as Point-E.
     anchored: bool = False
     anchor_scale: float = Field(0.04, gt=0)  # xyz offsets are divided by this (about their spread on the world)
+    frame: Frame = "cdm3d"  # the network's coordinate frame (points.coarse)
+    # Refuse coarse clouds of another size than coarse_points (a network trained on one size only: Point-E's).
+    exact_coarse_points: bool = False
 
 
 @STAGES.register("points.upsample")
-class UpsamplePointsStage(DiffusionStage):
+class UpsamplePointsStage(PointStageMixin, DiffusionStage):
     Config = UpsamplePointsConfig
     config: UpsamplePointsConfig
     consumes: ClassVar[str] = "PointClouds"
@@ -67,7 +71,12 @@ class UpsamplePointsStage(DiffusionStage):
 
     def condition_input(self, prev: Any) -> torch.Tensor:
         self.check_prev(prev)
-        return prev.to_tensor()
+        cfg = self.config
+        if cfg.exact_coarse_points and prev.num_points != cfg.coarse_points:
+            raise InputError(
+                f"stage '{self.name}' upsamples clouds of exactly {cfg.coarse_points} points, got {prev.num_points}"
+            )
+        return to_network(prev.to_tensor(), cfg.frame)
 
     def to_output(self, x: torch.Tensor, prev: Any) -> PointClouds:
         if not isinstance(prev, PointClouds):
@@ -75,6 +84,7 @@ class UpsamplePointsStage(DiffusionStage):
         if self.config.anchored:
             anchors = tile_anchors(prev.to_tensor().to(x.device, x.dtype), x.shape[1])
             x = anchors + x * self._offset_scale(x.device)
+        x = from_network(x, self.config.frame)
         return PointClouds.concat([prev.to("cpu"), PointClouds.from_tensor(x.cpu())])
 
     def loss(

@@ -1,0 +1,1 @@
+"""Converters of other projects' released models into cdm3d cascade folders."""
