@@ -194,7 +194,6 @@ class PointDenoiser(nn.Module):
                 h = torch.cat([h[:, :m], local(h[:, m:], pos, idx)], dim=1)
         return self.output_proj(self.ln_post(h[:, -n:]))
 
-
     def clip_tokens(self, emb: torch.Tensor) -> torch.Tensor:
         """``[B, L, W]`` tokens of the CLIP embeddings ``emb [B, L, D]`` (one per vector slot, or a grid's)."""
         if self.clip_norm is not None:
