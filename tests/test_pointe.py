@@ -153,3 +153,120 @@ def test_the_karras_heun_port_gives_point_e_image_pipelines_cloud(tmp_path) -> N
     coarse = ours_base.sample(None, cond, generator=g, sampling={"steps": 8})
     dense = ours_up.sample(coarse, cond, generator=g, sampling={"steps": 8})
     _close_to_point_e(dense, ref)
+
+
+def test_a_converted_sdf_model_meshes_as_point_e_does(tmp_path) -> None:
+    """Point-E's marching_cubes_mesh at grid 32 and cdm3d's mesh.sdf stage on the same cloud: the same vertices."""
+    from pointe_oracle import point_e
+
+    from cdm3d.core import Conditioning
+    from cdm3d.stages.points.frame import from_network, to_network
+    from cdm3d.types import PointClouds
+
+    point_e()
+    from point_e.util.pc_to_mesh import marching_cubes_mesh
+    from point_e.util.point_cloud import PointCloud
+
+    net = model("sdf")
+    stage = pointe_stage(save(net, tmp_path / "sdf.pt"), "sdf")
+    g = torch.Generator().manual_seed(9)
+    raw, rgb = (torch.rand(1024, 3, generator=g) - 0.5) * 0.8, torch.rand(1024, 3, generator=g)
+    pc = PointCloud(coords=raw.numpy(), channels={c: rgb[:, i].numpy() for i, c in enumerate("RGB")})
+    ref = marching_cubes_mesh(pc, net, grid_size=32)
+    cloud = PointClouds(from_network(raw * 2, "pointe")[None], rgb[None])
+    cond = Conditioning({"text": torch.zeros(1, 768)}, {"text": torch.zeros(768)})
+    mesh = stage.sample(cloud, cond, sampling={"grid": 32})
+    assert len(ref.verts) > 0 and mesh.vertices[0].shape[0] == len(ref.verts)
+    ours = to_network(mesh.vertices[0], "pointe") / 2
+    torch.testing.assert_close(ours, torch.from_numpy(ref.verts).float(), atol=1e-4, rtol=0)
+    assert torch.equal(mesh.faces[0], torch.from_numpy(ref.faces).long())
+    expected_colors = torch.stack([torch.from_numpy(ref.vertex_channels[c]) for c in "RGB"], -1).float()
+    torch.testing.assert_close(mesh.colors[0], expected_colors)
+
+
+@pytest.mark.parametrize("name", ["base40M-textvec", "upsample"])
+def test_the_training_loss_is_point_es_mse_term(name, tmp_path) -> None:
+    """For the same batch, timesteps and noise, the loss of a converted stage equals Point-E's
+    ``training_losses(...)["mse"]`` (averaged over the batch)."""
+    from pointe_oracle import diffusion
+
+    net = model(name)
+    stage = pointe_stage(save(net, tmp_path / "m.pt"), "upsampler" if name == "upsample" else "base")
+    g = torch.Generator().manual_seed(10)
+    n = 3072 if name == "upsample" else 1024
+    raw = torch.cat([torch.rand(2, 3, n, generator=g) - 0.5, torch.rand(2, 3, n, generator=g) * 255], 1)
+    t, noise = torch.tensor([17, 900]), torch.randn(2, 6, n, generator=g)
+    scale = torch.tensor([2.0, 2.0, 2.0, 2 / 255, 2 / 255, 2 / 255])[None, :, None]
+    bias = torch.tensor([0.0, 0.0, 0.0, -1.0, -1.0, -1.0])[None, :, None]
+    x0 = (raw * scale + bias).transpose(1, 2)  # the network's frame and representation
+    kwargs, emb, cond = {}, None, None
+    if name == "upsample":
+        low_res = torch.cat([torch.rand(2, 3, 1024, generator=g) - 0.5, torch.rand(2, 3, 1024, generator=g) * 255], 1)
+        kwargs = {"low_res": low_res, "embeddings": torch.zeros(2, 1024, 256)}
+        emb, cond = torch.zeros(2, 256, 1024), (low_res * scale + bias).transpose(1, 2)
+    else:
+        vec = torch.nn.functional.normalize(torch.randn(2, 768, generator=g), dim=-1)
+        kwargs, emb = {"embeddings": vec}, vec[:, None]
+    with torch.no_grad():
+        ref = diffusion(name).training_losses(net, raw, t, model_kwargs=kwargs, noise=noise)["mse"].mean()
+        ours = stage.loss_at(x0, emb, cond, None, t, noise.transpose(1, 2))
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A tiny prepared dataset (world meshes with their captions, 4096 points each) and a 768-d CLIP for it."""
+    import sys
+    from pathlib import Path
+
+    from cdm3d.core import ClipEncoder
+    from cdm3d.data.world import World
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import prepare_dataset
+
+    root = tmp_path_factory.mktemp("mine")
+    (root / "meshes").mkdir()
+    world, rows = World("train"), ["uid,caption"]
+    for i in range(6):
+        world[i].mesh.export(root / "meshes" / f"m{i}.obj")
+        rows.append(f"m{i},{world.caption(i)}")
+    (root / "captions.csv").write_text("\n".join(rows) + "\n")
+    argv = ["--meshes", str(root / "meshes"), "--captions", str(root / "captions.csv"), "--out", str(root / "data")]
+    assert prepare_dataset.main([*argv, "--points", "4096", "--workers", "1"]) == 0
+    clip = {"embed_dim": 768, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16}}
+    clip["text_cfg"] = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+    ClipEncoder.from_config(clip).save(root / "clip.safetensors")
+    return root
+
+
+@pytest.mark.parametrize("slot", ["base", "upsample"])
+def test_twenty_fine_tuning_steps_on_prepared_meshes_lower_the_loss(slot, prepared, tmp_path) -> None:
+    """tools/train.py's recipe format fine-tunes a converted stage named by its weights file, on shards from
+    tools/prepare_dataset.py, with the trainer every stage trains with."""
+    import yaml
+
+    from cdm3d.training.trainer import Trainer, load_recipe
+
+    paths = {k: save(model(k), tmp_path / FILES[k]) for k in ("base40M-textvec", "upsample")}
+    folder = convert_pointe(tmp_path / "pe", base=paths["base40M-textvec"], upsampler=paths["upsample"])
+    recipe_path = tmp_path / "finetune.yaml"
+    recipe = {
+        "stage": str(folder / f"{slot}.safetensors"),
+        "data": {"type": "shards.points", "path": str(prepared / "data"), "clip": str(prepared / "clip.safetensors")},
+        "train": {"steps": 20, "batch_size": 4, "lr": 1e-3, "warmup": 2, "ema_decay": 0.0, "checkpoint_every": 10},
+    }
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    trainer = Trainer(load_recipe(recipe_path), tmp_path / "run")
+    assert trainer.recipe.train.init_from == str(folder / f"{slot}.safetensors")
+
+    def held_out_loss() -> float:
+        g = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            batches = [trainer.data.batch(4, g) for _ in range(4)]
+            return sum(float(trainer.trainee.loss(*b, generator=g)) for b in batches) / len(batches)
+
+    before = held_out_loss()
+    losses = trainer.fit(progress=False)
+    assert len(losses) == 20 and (tmp_path / "run" / "stage.safetensors").is_file()
+    assert held_out_loss() < before

@@ -176,9 +176,10 @@ def stage_config(kind: Kind, width: int, layers: int, decoder_layers: int = 0, i
         "cond_keys": ["image_grid"],
         "requires": ["image_grid"],
         "embed_dim": GRID_DIM,
+        "slot_tokens": {"image_grid": GRID_TOKENS},
     }
     if kind == "textvec":
-        config |= {"cond_keys": ["text"], "requires": ["text"], "embed_dim": TEXT_DIM}
+        config |= {"cond_keys": ["text"], "requires": ["text"], "embed_dim": TEXT_DIM, "slot_tokens": {}}
         config["network"]["clip_norm"] = False
     if kind == "upsample":
         # Ho et al.'s linear betas scaled by 1000 / 1024; the sampler zeroes the low-res cloud in its

@@ -120,6 +120,9 @@ class TrainableStageConfig(StageConfig):
     null_embedding: Literal["clip", "zeros"] = "clip"
     # Slots a run must give (a stage that reads images only cannot follow a prompt); the rest may be null.
     requires: list[str] = []
+    # Tokens of each grid slot the stage reads (Point-E's image grid: 256), so that a run without it (a prompt
+    # alone, or training on captions) gives the stage a null grid of the right size: zeros.
+    slot_tokens: dict[str, int] = {}
 
     @model_validator(mode="after")
     def _check_keys(self) -> TrainableStageConfig:
@@ -147,6 +150,9 @@ class TrainableStage(Stage):
         if not isinstance(cond, Conditioning):
             raise InputError(f"stage '{self.name}' needs a Conditioning, got {type(cond).__name__}")
         cfg = self.config
+        missing_nulls = {k: torch.zeros(n, cfg.embed_dim) for k, n in cfg.slot_tokens.items() if k not in cond.null}
+        if missing_nulls:
+            cond = Conditioning(cond.embeddings, {**cond.null, **missing_nulls}, cond.prompts, dict(cond.meta))
         for key in cfg.cond_keys:
             if cond.width(key) != cfg.embed_dim:
                 raise InputError(
@@ -601,7 +607,6 @@ class DiffusionStage(TrainableStage):
         emb, null_emb = self._embeddings(cond)
         emb = drop_embeddings(emb, null_emb, self.config.diffusion.cond_drop_prob, generator)
         batch, device = x0.shape[0], x0.device
-        schedule = self.noise_schedule
         t = torch.randint(*self.config.diffusion.timestep_range(), (batch,), generator=generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
         level = None
@@ -613,6 +618,21 @@ class DiffusionStage(TrainableStage):
             x0, noise, t, emb = x0[sl], noise[sl], t[sl], emb[sl]
             cond_input = None if cond_input is None else cond_input[sl]
             level = None if level is None else level[sl]
+        return self.loss_at(x0, emb, cond_input, level, t, noise, net)
+
+    def loss_at(
+        self,
+        x0: torch.Tensor,
+        emb: torch.Tensor,
+        cond_input: torch.Tensor | None,
+        level: torch.Tensor | None,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        net: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """The denoising loss of targets ``x0`` noised by ``noise`` to timesteps ``t``, given the tokens and the
+        (augmented) conditioning input, all as the network sees them: the mean squared error of the prediction."""
+        schedule = self.noise_schedule
         x_t = schedule.add_noise(x0, noise, t)
         pred = (net or self.net)(x_t, t.float(), emb, cond_input, level)
         return F.mse_loss(pred.float(), schedule.target(x0, noise, t).float())

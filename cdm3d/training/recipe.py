@@ -95,12 +95,14 @@ class TrainRecipe(StrictConfig):
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainRecipe:
-    """A recipe YAML; ``stage`` may name a stage config file relative to the recipe. ``overrides`` set
-    fields as ``{"train.steps": 200}``."""
+    """A recipe YAML; ``stage`` may name a stage config file relative to the recipe, or a stage weights file
+    (``.safetensors``, relative to the recipe or the working folder): its own config, and its weights to start
+    from (fine-tuning, unless ``train.init_from`` says otherwise). ``overrides`` set fields as
+    ``{"train.steps": 200}``."""
     path = Path(path)
     data = load_yaml(path)
     if isinstance(data.get("stage"), str):
-        data["stage"] = load_yaml((path.parent / data["stage"]).resolve())
+        data = _resolve_stage(data, path)
     for key, value in (overrides or {}).items():
         section, _, field = key.partition(".")
         if section not in data or not isinstance(data[section], dict) or not field:
@@ -134,3 +136,18 @@ def check_recipe(recipe: TrainRecipe) -> None:
     load_builtin()
     data_cfg_cls, _ = DATASETS.get(data_type)
     validate(data_cfg_cls, recipe.data, "recipe data")
+
+
+def _resolve_stage(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The recipe with its ``stage`` file read: a config YAML, or a weights file's embedded config (which the
+    recipe then fine-tunes)."""
+    name = data["stage"]
+    if not name.endswith(".safetensors"):
+        return {**data, "stage": load_yaml((path.parent / name).resolve())}
+    from cdm3d.core.checkpoint import config_from_metadata, load_tensors
+
+    weights = next((p for p in (path.parent / name, Path(name)) if p.is_file()), path.parent / name)
+    _, meta = load_tensors(weights)
+    train = dict(data.get("train") or {})
+    train.setdefault("init_from", str(weights))
+    return {**data, "stage": config_from_metadata(weights, meta, "stage"), "train": train}

@@ -21,7 +21,9 @@ class ShardPointsConfig(StrictConfig):
 
     type: Literal["shards.points"] = "shards.points"
     path: str  # folder of shard-*.npz files
-    clip: str  # the cdm3d CLIP file whose embeddings the stage is trained on
+    # The CLIP whose text embeddings the stage is trained on: a cdm3d CLIP file, or a cascade folder (its CLIP:
+    # a converted Point-E folder names OpenAI's ViT-L/14).
+    clip: str
     # Read one shard per batch instead of every shard at the start (data larger than memory).
     stream: bool = False
 
@@ -36,12 +38,12 @@ class ShardPointsData(PointCloudData):
     """
 
     def __init__(self, config: ShardPointsConfig, stage: DiffusionStage) -> None:
-        from cdm3d.core import ClipEncoder
+        from cdm3d.core import ClipEncoder, load_cascade_clip
         from cdm3d.data.shards import shard_paths
 
         self.config, self.stage, self.image_prob, self.image = config, stage, 0.0, None
         self.paths = shard_paths(config.path)
-        self.clip = ClipEncoder.load(config.clip)
+        self.clip = load_cascade_clip(config.clip) if Path(config.clip).is_dir() else ClipEncoder.load(config.clip)
         self.null_text = self.clip.null_text().float()
         self.skipped: dict[str, str] = {}
         self.records_skipped = 0
