@@ -173,3 +173,56 @@ def test_default_clip_is_shipped() -> None:
     assert enc.image_fill == Cascade.from_pretrained(DEFAULT_MODEL, load_clip=True).clip.image_fill == 0.75
     cond = enc.encode(["a tall red lamp"])
     assert cond.embeddings["text"].shape == (1, 128)
+
+
+def _named_tiny_clip():
+    """A tiny ViT CLIP standing in for a named open_clip model (OpenAI's ViT-L/14 in real use)."""
+    import open_clip
+
+    from cdm3d.core import ClipEncoder
+
+    vision = {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16}
+    text = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+    torch.manual_seed(0)
+    model = open_clip.CLIP(embed_dim=24, vision_cfg=vision, text_cfg=text)
+    return ClipEncoder(model, open_clip.SimpleTokenizer(context_length=16), "tiny-vit")
+
+
+def test_a_named_vit_clip_gives_the_image_grid_point_e_reads() -> None:
+    """The "image_grid" slot: the image transformer's output before its final LayerNorm, class token dropped,
+    computed in the same pass as the image embedding."""
+    enc = _named_tiny_clip()
+    images = torch.rand(2, 3, 40, 56)
+    cond = enc.encode(["a red cube", "a blue mug"], images)
+    assert enc.grid and enc.grid_shape == (16, 32)
+    vt, px = enc.model.visual, enc.preprocess(images)
+    with torch.no_grad():  # Point-E's embed_images_grid, on open_clip's batch-first transformer
+        x = vt.conv1(px).reshape(2, 32, -1).permute(0, 2, 1)
+        x = torch.cat([vt.class_embedding + torch.zeros(2, 1, 32), x], 1) + vt.positional_embedding
+        reference = vt.transformer(vt.ln_pre(x))[:, 1:]
+    torch.testing.assert_close(cond.embeddings["image_grid"], reference)
+    torch.testing.assert_close(cond.embeddings["image"], enc.encode_image(images))
+    assert torch.equal(cond.null["image_grid"], torch.zeros(16, 32))
+    text_only = enc.encode(["a red cube"])
+    assert "image_grid" not in text_only.embeddings and text_only.null["image_grid"].shape == (16, 32)
+
+
+def test_a_named_clip_preprocesses_as_clip_does() -> None:
+    """The shortest side resized to the input size, then a centre crop: a wide image keeps its middle."""
+    enc = _named_tiny_clip()
+    wide = torch.zeros(1, 3, 32, 96)
+    wide[..., 32:64] = 1.0  # a white square in the middle third
+    mean = torch.tensor(enc.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(enc.image_std).view(1, 3, 1, 1)
+    pixels = enc.preprocess(wide) * std + mean
+    assert pixels.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(pixels, torch.ones(1, 3, 32, 32), atol=1e-5, rtol=0)
+
+
+def test_a_torchscript_clip_archive_is_refused_with_what_to_use_instead(tmp_path) -> None:
+    from cdm3d.core import ClipEncoder
+
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    scripted.save(str(tmp_path / "ViT-L-14.pt"))
+    with pytest.raises(CheckpointError, match="TorchScript archive.*timm/vit_large_patch14_clip_224.openai"):
+        ClipEncoder.from_checkpoint(tmp_path / "ViT-L-14.pt", "ViT-L-14-quickgelu")

@@ -234,8 +234,9 @@ def prepared(tmp_path_factory):
     (root / "captions.csv").write_text("\n".join(rows) + "\n")
     argv = ["--meshes", str(root / "meshes"), "--captions", str(root / "captions.csv"), "--out", str(root / "data")]
     assert prepare_dataset.main([*argv, "--points", "4096", "--workers", "1"]) == 0
-    clip = {"embed_dim": 768, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16}}
-    clip["text_cfg"] = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+    vision = {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16}
+    text = {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+    clip = {"embed_dim": 768, "vision_cfg": vision, "text_cfg": text}
     ClipEncoder.from_config(clip).save(root / "clip.safetensors")
     return root
 
@@ -270,3 +271,59 @@ def test_twenty_fine_tuning_steps_on_prepared_meshes_lower_the_loss(slot, prepar
     losses = trainer.fit(progress=False)
     assert len(losses) == 20 and (tmp_path / "run" / "stage.safetensors").is_file()
     assert held_out_loss() < before
+
+
+class _Payload:
+    """A pickle that would run code when loaded (os.system): weights-only loading must never call it."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _bad_files(tmp_path) -> dict:
+    good = model("base40M-textvec").state_dict()
+    files = {}
+    files["not_point_e"] = {"foo.weight": torch.zeros(3)}
+    files["missing"] = {k: v for k, v in good.items() if k != "backbone.resblocks.1.mlp.c_fc.weight"}
+    files["extra"] = {**good, "extra_head.weight": torch.zeros(2)}
+    files["width"] = {**good, "backbone.resblocks.0.mlp.c_fc.weight": torch.zeros(100, 64)}
+    out = {}
+    for name, sd in files.items():
+        torch.save(sd, tmp_path / f"{name}.pt")
+        out[name] = tmp_path / f"{name}.pt"
+    torch.save({"weight": _Payload(tmp_path / "pwned")}, tmp_path / "code.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    return out | {"code": tmp_path / "code.pt", "text": tmp_path / "text.pt"}
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("not_point_e", "is not a Point-E checkpoint"),
+        ("missing", "missing backbone.resblocks.1.mlp.c_fc.weight"),
+        ("extra", "unexpected extra_head.weight"),
+        ("width", "mismatched widths"),
+        ("code", "refused"),
+        ("text", "cannot read"),
+        ("upsampler_as_base", "is the upsampler (upsample_40m.pt), given as the base"),
+    ],
+)
+def test_bad_checkpoints_get_a_one_line_error_and_nothing_is_written(case, message, tmp_path, capsys) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import convert_pointe
+
+    files = _bad_files(tmp_path)
+    files["upsampler_as_base"] = save(model("upsample"), tmp_path / "upsample_40m.pt")
+    out = tmp_path / "out"
+    assert convert_pointe.main(["--base", str(files[case]), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "pwned").exists()

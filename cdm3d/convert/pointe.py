@@ -56,9 +56,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(err))
+        if found is None:
+            raise CheckpointError(f"cannot read {path} as a Point-E checkpoint: it is not a torch file") from None
         raise CheckpointError(
-            f"refused {path}: loading it would need code beyond plain tensors (a pickle that can run code); "
-            f"cdm3d reads weights only ({str(err).splitlines()[0][:120]})"
+            f"refused {path}: loading it would call {found.group(1)} (a pickle that runs code), and cdm3d reads "
+            "plain tensors only; Point-E's released files hold tensors alone"
         ) from None
     except Exception as err:  # not a torch file at all, truncated, a TorchScript archive, ...
         raise CheckpointError(f"cannot read {path} as a Point-E checkpoint: {type(err).__name__}: {err}") from None
