@@ -327,3 +327,44 @@ def test_bad_checkpoints_get_a_one_line_error_and_nothing_is_written(case, messa
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists() and not (tmp_path / "pwned").exists()
+
+
+def _vit_l_stand_in():
+    """A small ViT CLIP with ViT-L/14's interface widths (768-d vectors, 256 patch tokens of 1024): standing in
+    for OpenAI's ViT-L/14, which is not on these machines."""
+    import open_clip
+
+    from cdm3d.core import ClipEncoder
+
+    vision = {"image_size": 64, "layers": 1, "width": 1024, "patch_size": 4, "head_width": 64}
+    text = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}
+    torch.manual_seed(0)
+    model = open_clip.CLIP(embed_dim=768, vision_cfg=vision, text_cfg=text)
+    return ClipEncoder(model, open_clip.SimpleTokenizer(context_length=16), "vit-l-stand-in")
+
+
+def test_converted_folders_run_in_the_pipelines(tmp_path) -> None:
+    """TextTo3D on a text folder (mesh included), ImageTo3D on an image folder, and a clear error when a prompt
+    is given to a model that reads images only."""
+    from cdm3d import ImageTo3D, InputError, TextTo3D
+    from cdm3d.core import Cascade
+
+    up = save(model("upsample"), tmp_path / FILES["upsample"])
+    sdf = save(model("sdf"), tmp_path / "sdf.pt")
+    base = save(model("base40M-textvec"), tmp_path / "t.pt")
+    text = convert_pointe(tmp_path / "text", base=base, upsampler=up, sdf=sdf)
+    image = convert_pointe(tmp_path / "image", base=save(model("base40M"), tmp_path / "i.pt"), upsampler=up)
+    clip = _vit_l_stand_in()
+    cascade = Cascade.from_pretrained(text, load_clip=False)
+    cascade.clip = clip
+    out = TextTo3D(cascade)("a corgi", steps=2, progress=False, stop_at="upsample")
+    assert out.points.num_points == 4096
+    sampling = {"base": {"steps": 2}, "upsample": {"steps": 2}, "mesh": {"grid": 24}}
+    meshed = cascade(["a corgi"], sampling=sampling, progress=False)
+    assert len(meshed["mesh"].vertices[0]) > 0
+    shape = Cascade.from_pretrained(image, load_clip=False)
+    shape.clip = clip
+    points = ImageTo3D(shape)(torch.rand(1, 3, 80, 64), steps=2, progress=False).points
+    assert points.num_points == 4096
+    with pytest.raises(InputError, match="needs the \\['image_grid'\\] conditioning"):
+        TextTo3D(shape)("a corgi", steps=2, progress=False)
