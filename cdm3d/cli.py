@@ -31,6 +31,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="samples per prompt the selector stage chooses among (default: the model's; 1: no choosing)",
     )
+    p.add_argument(
+        "--sampling",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="a stage's sampling setting, e.g. base.scheduler=dpm++ base.steps=20 mesh.grid=64 (repeatable)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--mesher", choices=["sdf", "poisson"], default=None, help="mesh stage (default: the folder's)")
     p.add_argument("--images", action="store_true", help="text -> image: run the shipped image cascade")
@@ -290,7 +297,7 @@ def _prepare_output_folder(out: Path, stems: list[str], count: int, force: bool)
 
 def _generate(args: argparse.Namespace) -> int:
     from cdm3d.core import Cascade, SelectorStage
-    from cdm3d.pipelines import sampling_overrides
+    from cdm3d.pipelines import parse_sampling_items, sampling_overrides
 
     if not args.prompts:
         raise InputError('give at least one prompt, e.g. cdm3d generate "a tall red lamp"')
@@ -315,6 +322,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     cascade = with_mesher(Cascade.from_pretrained(model), args.mesher)
     sampling = sampling_overrides(cascade, args.steps, args.guidance, args.candidates)
+    for name, settings in parse_sampling_items(args.sampling, cascade.names).items():
+        sampling[name] = {**sampling.get(name, {}), **settings}
     if args.via_image is None:
         _prepare_output_folder(args.out, cascade.names, len(args.prompts), args.force)
         outputs = cascade(args.prompts, seed=args.seed, stop_at=args.stop_at, sampling=sampling, device=device).outputs

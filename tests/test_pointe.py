@@ -368,3 +368,19 @@ def test_converted_folders_run_in_the_pipelines(tmp_path) -> None:
     assert points.num_points == 4096
     with pytest.raises(InputError, match="needs the \\['image_grid'\\] conditioning"):
         TextTo3D(shape)("a corgi", steps=2, progress=False)
+
+
+def test_converted_models_sample_with_diffusers_solvers_too(tmp_path) -> None:
+    """The fast modes: a diffusers solver in few steps on the converted base and upsampler (guided passes in one
+    batch, as for every cdm3d stage)."""
+    from cdm3d.core import Conditioning
+
+    base = pointe_stage(save(model("base40M-textvec"), tmp_path / "b.pt"), "base")
+    up = pointe_stage(save(model("upsample"), tmp_path / "u.pt"), "upsampler")
+    emb = torch.nn.functional.normalize(torch.randn(2, 768), dim=-1)
+    cond = Conditioning({"text": emb}, {"text": torch.zeros(768), "image_grid": torch.zeros(256, 1024)})
+    sampling = {"scheduler": "dpm++", "steps": 4}
+    coarse = base.sample(None, cond, generator=torch.Generator().manual_seed(0), sampling=sampling)
+    dense = up.sample(coarse, cond, generator=torch.Generator().manual_seed(0), sampling=sampling)
+    assert dense.coords.shape == (2, 4096, 3) and torch.isfinite(dense.coords).all()
+    assert base.num_steps(sampling) == 4 and base.num_steps() == 64

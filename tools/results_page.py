@@ -268,6 +268,41 @@ def _speed() -> str:
     return "\n\n".join(parts)
 
 
+def _pointe() -> str:
+    parts = []
+    if (RESULTS / "pointe_check.json").exists():
+        d = load("pointe_check.json")
+        rows = [[name, str(r["parameters_M"]), f"{r['max_abs_difference']:.1e}"] for name, r in d["networks"].items()]
+        head = ["model", "M parameters (blocks)", "max |difference|"]
+        parts.append(
+            "Converted networks against Point-E's own on the same inputs (random weights at the released "
+            "geometries; timesteps 0, 512, 1023, one null row):\n\n" + table(head, rows)
+        )
+        c = d["text_pipeline_8_steps"]
+        parts.append(
+            f"base40M-textvec + upsampler, 8 Karras-Heun steps each, from the same seed: the 4096 points differ by "
+            f"at most {c['xyz_max_abs']:.1e} in xyz and {c['rgb_max_abs_0_255']:.1e} in colour (0-255) "
+            f"({d['machine']})."
+        )
+    if (RESULTS / "pointe_cpu.json").exists():
+        d = load("pointe_cpu.json")
+        rows = []
+        for batch, r in d["speed"].items():
+            if batch.isdigit():
+                rows.append([batch, f"{r['point_e_s']:.1f}", f"{r['cdm3d_s']:.1f}", f"{r['speedup']:.2f}x"])
+        parts.append(
+            f"Seconds per batch, base40M-textvec + upsampler, {d['steps']} + {d['steps']} Karras-Heun steps, both "
+            f"codes in one process on {d['machine']} ({d['threads']} threads), median of the runs:\n\n"
+            + table(["batch", "Point-E (s)", "cdm3d (s)", "speed-up"], rows)
+        )
+        w = d["speed"]["where_the_time_goes"]
+        rows = [[k, f"{v['point_e_forward_s']:.3f}", f"{v['cdm3d_forward_s']:.3f}", str(v["network_calls_per_sample"])]
+                for k, v in w.items()]  # fmt: skip
+        parts.append("One network call at a sampling step's batch (the base guided: two samples):\n\n" + table(
+            ["network", "Point-E (s)", "cdm3d (s)", "calls per sample"], rows))
+    return "\n\n".join(parts) or "Not measured."
+
+
 def _faults() -> str:
     d = load("kill_resume.json")
     return (
@@ -288,6 +323,7 @@ SECTIONS = [
     Section("Choosing among candidates", ["selection_sweep_val.json"], _selection),
     Section("The evaluation's instruments", ["point_classifier.json", "image_classifier.json"], _instruments),
     Section("Speed", ["main_command.json", "world.json", "bench_sampling_cpu.json", "bench_mesh_cpu.json"], _speed),
+    Section("Point-E in cdm3d", ["pointe_check.json", "pointe_cpu.json"], _pointe),
     Section("Faults", ["kill_resume.json"], _faults),
 ]
 
