@@ -19,13 +19,29 @@ AVAILABLE = (PEERS / "point_e").is_dir()
 needs_point_e = pytest.mark.skipif(not AVAILABLE, reason=f"Point-E's code (the test oracle) is not at {PEERS}")
 
 # Small geometries of the released models (the released ones: 512 / 12 for the 40M models, sdf 256 / 8 + 4).
+# Heads are 64 channels wide, as in every released model.
 SMALL = {
-    "base40M-textvec": {"width": 64, "layers": 2, "heads": 1},
-    "base40M": {"width": 64, "layers": 2, "heads": 1},
-    "upsample": {"width": 64, "layers": 2, "heads": 1},
-    "sdf": {"width": 64, "encoder_layers": 2, "decoder_layers": 1, "encoder_heads": 1, "decoder_heads": 1},
+    "base40M-textvec": {"width": 128, "layers": 2, "heads": 2},
+    "base40M": {"width": 128, "layers": 2, "heads": 2},
+    "base300M": {"width": 192, "layers": 1, "heads": 3},
+    "base1B": {"width": 256, "layers": 1, "heads": 4},
+    "upsample": {"width": 128, "layers": 2, "heads": 2},
+    "sdf": {"width": 128, "encoder_layers": 2, "decoder_layers": 1, "encoder_heads": 2, "decoder_heads": 2},
 }
-FILES = {"base40M-textvec": "base_40m_textvec.pt", "base40M": "base_40m.pt", "upsample": "upsample_40m.pt"}
+# Smaller still for the tests that sample whole pipelines or train (one head: the networks' tests cover more).
+TINY = {
+    "base40M-textvec": {"width": 64, "layers": 1, "heads": 1},
+    "base40M": {"width": 64, "layers": 1, "heads": 1},
+    "upsample": {"width": 64, "layers": 1, "heads": 1},
+    "sdf": {"width": 64, "encoder_layers": 1, "decoder_layers": 1, "encoder_heads": 1, "decoder_heads": 1},
+}
+FILES = {
+    "base40M-textvec": "base_40m_textvec.pt",
+    "base40M": "base_40m.pt",
+    "base300M": "base_300m.pt",
+    "base1B": "base_1b.pt",
+    "upsample": "upsample_40m.pt",
+}
 
 
 def point_e():

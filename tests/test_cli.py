@@ -184,3 +184,14 @@ def test_generate_writes_images_and_text_image_3d_results(tmp_path, capsys) -> N
     assert "--force" in capsys.readouterr().err
     assert main([*argv[:-2], "--images", "-o", str(tmp_path / "x")]) == 2
     assert "exclude each other" in capsys.readouterr().err
+
+
+def test_generate_takes_per_stage_sampling_settings(tmp_path, capsys) -> None:
+    out = tmp_path / "o"
+    argv = ["generate", "a red cone", "--candidates", "1", "-o", str(out), "--no-preview"]
+    settings = ["--sampling", "coarse.steps=2", "--sampling", "upsample.steps=1", "--sampling", "mesh.grid=16"]
+    assert main([*argv, *settings]) == 0
+    assert (out / "mesh_0.glb").is_file()
+    bad = tmp_path / "bad"
+    assert main(["generate", "a red cone", "-o", str(bad), "--sampling", "nosuchstage.steps=2"]) == 2
+    assert "NAME.KEY=VALUE" in capsys.readouterr().err and not bad.exists()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from pointe_oracle import FILES, model, needs_point_e, save
+from pointe_oracle import FILES, TINY, model, needs_point_e, save
 
 from cdm3d.convert.pointe import convert_pointe, pointe_stage
 
@@ -19,7 +19,7 @@ def _inputs(batch: int, n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tens
     return torch.randn(batch, 6, n, generator=g), torch.tensor(T[:batch])
 
 
-@pytest.mark.parametrize("name", ["base40M-textvec", "base40M"])
+@pytest.mark.parametrize("name", ["base40M-textvec", "base40M", "base300M", "base1B"])
 def test_a_converted_base_denoiser_matches_point_e(name, tmp_path) -> None:
     net = model(name)
     stage = pointe_stage(save(net, tmp_path / FILES[name]), "base")
@@ -117,7 +117,7 @@ def test_the_karras_heun_port_gives_point_e_text_pipelines_cloud(tmp_path) -> No
     grid without guidance (Point-E's text settings): the same 4096 points from the same noise."""
     from cdm3d.core import Conditioning
 
-    base, up = model("base40M-textvec"), model("upsample")
+    base, up = model("base40M-textvec", TINY["base40M-textvec"]), model("upsample", TINY["upsample"])
     ours_base = pointe_stage(save(base, tmp_path / "b.pt"), "base")
     ours_up = pointe_stage(save(up, tmp_path / "u.pt"), "upsampler")
     emb = torch.nn.functional.normalize(torch.randn(2, 768, generator=torch.Generator().manual_seed(5)), dim=-1)
@@ -138,7 +138,7 @@ def test_the_karras_heun_port_gives_point_e_image_pipelines_cloud(tmp_path) -> N
     see a zero grid and, in the upsampler, a zero low-resolution cloud): the same 4096 points."""
     from cdm3d.core import Conditioning
 
-    base, up = model("base40M"), model("upsample", seed=1)
+    base, up = model("base40M", TINY["base40M"]), model("upsample", TINY["upsample"], seed=1)
     ours_base = pointe_stage(save(base, tmp_path / "b.pt"), "base")
     ours_up = pointe_stage(save(up, tmp_path / "u.pt"), "upsampler", image=True)
     grid = torch.randn(2, 1024, 256, generator=torch.Generator().manual_seed(6))
@@ -249,7 +249,7 @@ def test_twenty_fine_tuning_steps_on_prepared_meshes_lower_the_loss(slot, prepar
 
     from cdm3d.training.trainer import Trainer, load_recipe
 
-    paths = {k: save(model(k), tmp_path / FILES[k]) for k in ("base40M-textvec", "upsample")}
+    paths = {k: save(model(k, TINY[k]), tmp_path / FILES[k]) for k in ("base40M-textvec", "upsample")}
     folder = convert_pointe(tmp_path / "pe", base=paths["base40M-textvec"], upsampler=paths["upsample"])
     recipe_path = tmp_path / "finetune.yaml"
     recipe = {
@@ -291,7 +291,7 @@ def _bad_files(tmp_path) -> dict:
     files["not_point_e"] = {"foo.weight": torch.zeros(3)}
     files["missing"] = {k: v for k, v in good.items() if k != "backbone.resblocks.1.mlp.c_fc.weight"}
     files["extra"] = {**good, "extra_head.weight": torch.zeros(2)}
-    files["width"] = {**good, "backbone.resblocks.0.mlp.c_fc.weight": torch.zeros(100, 64)}
+    files["width"] = {**good, "backbone.resblocks.0.mlp.c_fc.weight": torch.zeros(100, 128)}
     out = {}
     for name, sd in files.items():
         torch.save(sd, tmp_path / f"{name}.pt")
@@ -349,11 +349,13 @@ def test_converted_folders_run_in_the_pipelines(tmp_path) -> None:
     from cdm3d import ImageTo3D, InputError, TextTo3D
     from cdm3d.core import Cascade
 
-    up = save(model("upsample"), tmp_path / FILES["upsample"])
-    sdf = save(model("sdf"), tmp_path / "sdf.pt")
-    base = save(model("base40M-textvec"), tmp_path / "t.pt")
+    up = save(model("upsample", TINY["upsample"]), tmp_path / FILES["upsample"])
+    sdf = save(model("sdf", TINY["sdf"]), tmp_path / "sdf.pt")
+    base = save(model("base40M-textvec", TINY["base40M-textvec"]), tmp_path / "t.pt")
     text = convert_pointe(tmp_path / "text", base=base, upsampler=up, sdf=sdf)
-    image = convert_pointe(tmp_path / "image", base=save(model("base40M"), tmp_path / "i.pt"), upsampler=up)
+    image = convert_pointe(
+        tmp_path / "image", base=save(model("base40M", TINY["base40M"]), tmp_path / "i.pt"), upsampler=up
+    )
     clip = _vit_l_stand_in()
     cascade = Cascade.from_pretrained(text, load_clip=False)
     cascade.clip = clip
@@ -375,8 +377,8 @@ def test_converted_models_sample_with_diffusers_solvers_too(tmp_path) -> None:
     batch, as for every cdm3d stage)."""
     from cdm3d.core import Conditioning
 
-    base = pointe_stage(save(model("base40M-textvec"), tmp_path / "b.pt"), "base")
-    up = pointe_stage(save(model("upsample"), tmp_path / "u.pt"), "upsampler")
+    base = pointe_stage(save(model("base40M-textvec", TINY["base40M-textvec"]), tmp_path / "b.pt"), "base")
+    up = pointe_stage(save(model("upsample", TINY["upsample"]), tmp_path / "u.pt"), "upsampler")
     emb = torch.nn.functional.normalize(torch.randn(2, 768), dim=-1)
     cond = Conditioning({"text": emb}, {"text": torch.zeros(768), "image_grid": torch.zeros(256, 1024)})
     sampling = {"scheduler": "dpm++", "steps": 4}

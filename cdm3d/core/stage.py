@@ -162,7 +162,10 @@ class TrainableStage(Stage):
         missing = [key for key in cfg.requires if key not in cond.embeddings]
         if missing:
             given = sorted(cond.embeddings)
-            raise InputError(f"stage '{self.name}' needs the {missing} conditioning, this run gives {given}")
+            what = "images (ImageTo3D)" if any(k.startswith("image") for k in missing) else "prompts (TextTo3D)"
+            raise InputError(
+                f"stage '{self.name}' needs the {missing} conditioning, this run gives {given}: it follows {what}"
+            )
         device = self.device
         emb = cond.stack(cfg.cond_keys).to(device, torch.float32)
         null = cond.null_stack(cfg.cond_keys).to(device, torch.float32)
