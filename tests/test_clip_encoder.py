@@ -202,6 +202,7 @@ def test_a_named_vit_clip_gives_the_image_grid_point_e_reads() -> None:
         reference = vt.transformer(vt.ln_pre(x))[:, 1:]
     torch.testing.assert_close(cond.embeddings["image_grid"], reference)
     torch.testing.assert_close(cond.embeddings["image"], enc.encode_image(images))
+    torch.testing.assert_close(enc.encode_image_grid(images), reference)
     assert torch.equal(cond.null["image_grid"], torch.zeros(16, 32))
     text_only = enc.encode(["a red cube"])
     assert "image_grid" not in text_only.embeddings and text_only.null["image_grid"].shape == (16, 32)
@@ -210,8 +211,8 @@ def test_a_named_vit_clip_gives_the_image_grid_point_e_reads() -> None:
 def test_a_named_clip_preprocesses_as_clip_does() -> None:
     """The shortest side resized to the input size, then a centre crop: a wide image keeps its middle."""
     enc = _named_tiny_clip()
-    wide = torch.zeros(1, 3, 32, 96)
-    wide[..., 32:64] = 1.0  # a white square in the middle third
+    wide = torch.zeros(1, 3, 64, 192)  # shrunk to 32 x 96, then cropped to its middle 32 x 32
+    wide[..., 56:136] = 1.0  # a white band wider than the middle third
     mean = torch.tensor(enc.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(enc.image_std).view(1, 3, 1, 1)
     pixels = enc.preprocess(wide) * std + mean

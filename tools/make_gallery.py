@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         canvas.paste(tile, (0, 0))
         ImageDraw.Draw(canvas).text((4, args.size + 3), prompt, fill=(40, 40, 40))
         tiles.append(np.asarray(canvas))
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % args.columns)  # a short last row, filled in white
     rows = [np.concatenate(tiles[i : i + args.columns], axis=1) for i in range(0, len(tiles), args.columns)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(args.out, optimize=True)

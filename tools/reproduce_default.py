@@ -6,8 +6,9 @@ the mesh stage and the image stages, then the two cascade folders (into runs/, n
     bash tools/env.sh python tools/reproduce_default.py --ablations # also the two no-augmentation ablations
     bash tools/env.sh python tools/reproduce_default.py --instruments  # also the evaluation's classifiers
 
-Every step writes its run folder under runs/ and is skipped when that folder already holds its result, so an
-interrupted reproduction continues where it stopped (a training step itself resumes with --resume). The
+Every step writes its run folder under runs/ and is skipped once it has finished (a training run that reached
+its last step), so an interrupted reproduction continues where it stopped: a training step resumes its run
+from the last checkpoint (--resume). The
 times are those of the shipped runs on 2 CPU cores. Training is deterministic for a seed and a thread count,
 so a rerun matches the recipe, not necessarily the shipped files to the last bit.
 """
@@ -31,11 +32,27 @@ class Step:
     name: str
     minutes: int
     argv: list[str]  # a script under tools/ and its arguments
-    result: str  # the file the step writes; present: the step is done
+    result: str  # the file the step writes (its weights; a cascade folder's cascade.yaml)
 
     @property
     def recipe(self) -> str | None:
         return self.argv[self.argv.index("--config") + 1] if "--config" in self.argv else None
+
+    def done(self) -> bool:
+        """Whether the step has finished: a training run has reached its last step (its weights file exists
+        from its first checkpoint on), any other step has written its result."""
+        if self.recipe is None:
+            return (ROOT / self.result).exists()
+        state = ROOT / self.argv[self.argv.index("--out") + 1] / "state.pt"
+        if not state.is_file():
+            return False
+        import torch
+
+        from cdm3d.training.recipe import load_recipe
+
+        last = self.argv[self.argv.index("--stop-at-step") + 1] if "--stop-at-step" in self.argv else None
+        target = int(last) if last is not None else load_recipe(ROOT / self.recipe).train.steps
+        return int(torch.load(state, map_location="cpu", weights_only=True)["step"]) >= target
 
 
 def train(recipe: str, minutes: int, *extra: str) -> Step:
@@ -124,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(s.minutes for s in steps)
     print(f"{len(steps)} steps, about {total // 60} h {total % 60} min on 2 CPU cores")
     for i, step in enumerate(steps, 1):
-        done = (ROOT / step.result).exists()
+        done = step.done()
         print(f"[{i}/{len(steps)}] {step.name} (~{step.minutes} min){' done' if done else ''}: "
               f"python tools/{' '.join(step.argv)}")  # fmt: skip
         if args.dry_run:

@@ -130,6 +130,8 @@ class TrainableStageConfig(StageConfig):
             raise ValueError(f"cond_keys must be non-empty and distinct, got {self.cond_keys}")
         if not set(self.requires) <= set(self.cond_keys):
             raise ValueError(f"requires {self.requires} names slots outside cond_keys {self.cond_keys}")
+        if self.slot_tokens and len(self.cond_keys) > 1:
+            raise ValueError(f"a grid slot ({sorted(self.slot_tokens)}) must be a stage's only conditioning slot")
         return self
 
 
@@ -515,6 +517,11 @@ class DiffusionStage(TrainableStage):
             )
         if self.config.diffusion.schedule.prediction_type != "epsilon":
             raise ConfigError(f"stage '{self.name}': scheduler {KARRAS_SAMPLER!r} needs an epsilon-prediction stage")
+        if self.lowest_timestep > 0:
+            raise InputError(
+                f"stage '{self.name}' is trained on timesteps [{self.lowest_timestep}, ...) only; it samples with "
+                "its low-noise expert, which scheduler 'pointe-heun' does not take"
+            )
         k, batch, scale = s.karras, emb.shape[0], s.guidance_scale
         net = self._compiled_net(s.compile_mode) if s.compile else self.net
         to_x0 = EpsToX0(self.noise_schedule.alphas_cumprod_f64, k.clip_denoised)

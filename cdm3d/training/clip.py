@@ -17,10 +17,10 @@ from cdm3d.training.recipe import ClipTraining
 
 
 def clip_loss(model: nn.Module, pixels: torch.Tensor, tokens: torch.Tensor, cosine: float = 0.0) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE, plus ``cosine`` x the mean (1 - cosine) of matching pairs (a text prior's)."""
-    img = model.encode_image(pixels, normalize=True)
-    txt = model.encode_text(tokens, normalize=True)
-    logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+    """CLIP's symmetric InfoNCE, plus ``cosine`` x the mean (1 - cosine) of matching pairs (a text prior's).
+    ``model`` is called (an open_clip CLIP, or its data-parallel wrapper, whose gradient hooks then run)."""
+    img, txt, scale = model(pixels, tokens)[:3]  # unit image and text embeddings, exp(logit_scale)
+    logits = scale.clamp(max=100) * img @ txt.T
     labels = torch.arange(len(pixels), device=logits.device)
     loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
     if cosine:

@@ -144,10 +144,10 @@ def _resolve_stage(data: dict[str, Any], path: Path) -> dict[str, Any]:
     name = data["stage"]
     if not name.endswith(".safetensors"):
         return {**data, "stage": load_yaml((path.parent / name).resolve())}
-    from cdm3d.core.checkpoint import config_from_metadata, load_tensors
+    from cdm3d.core.checkpoint import config_from_metadata, read_metadata
 
     weights = next((p for p in (path.parent / name, Path(name)) if p.is_file()), path.parent / name)
-    _, meta = load_tensors(weights)
+    meta = read_metadata(weights)
     train = dict(data.get("train") or {})
     train.setdefault("init_from", str(weights))
     return {**data, "stage": config_from_metadata(weights, meta, "stage"), "train": train}

@@ -24,6 +24,7 @@ A run folder holds::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -148,6 +149,10 @@ class Trainer:
             saved_recipe = json.loads(state["recipe"])
         except Exception as err:
             raise TrainingError(f"cannot resume: {path} is unreadable ({type(err).__name__}: {err})") from None
+        # Through the recipe's own validation, so fields added since it was saved take their defaults (a recipe of
+        # another format stays as it is, and is refused below).
+        with contextlib.suppress(Exception):
+            saved_recipe = json.loads(TrainRecipe.model_validate(saved_recipe).model_dump_json())
         if _comparable(saved_recipe) != _comparable(json.loads(self.recipe.model_dump_json())):
             raise TrainingError(f"cannot resume: {path} was written by a different recipe; use a new run folder")
         try:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
@@ -69,6 +69,12 @@ class SDFMeshConfig(TrainableStageConfig):
     # The network's coordinate frame: "pointe" (Point-E's converted SDF) reads z-up coordinates at half cdm3d's
     # scale (Point-E's raw units); the stage maps at its boundary, so meshes come out in cdm3d's frame.
     frame: Frame = "cdm3d"
+
+    @model_validator(mode="after")
+    def _check_pointe(self) -> SDFMeshConfig:
+        if self.sampling.marching == "pointe" and self.network.arch != "pointe":
+            raise ValueError("sampling.marching 'pointe' is for Point-E's SDF model (network.arch 'pointe')")
+        return self
 
 
 @STAGES.register("mesh.sdf")
@@ -210,8 +216,13 @@ class SDFMeshStage(TrainableStage):
         there is none."""
         bound = self.config.bound * self.scale
         if marching == "pointe":
+            if self.config.network.arch != "pointe":
+                raise InputError(f"stage '{self.name}': marching 'pointe' is for Point-E's SDF model only")
             verts, faces = _pointe_marching_cubes(values, bound)
         else:
+            # Point-E's field is positive inside, cdm3d's negative: the closed grid is padded with "outside".
+            inside_positive = self.config.network.arch == "pointe"
+            values = np.clip(-values, -1e6, 1e6) if inside_positive else values
             verts, faces = _closed_marching_cubes(values, bound, self.config.truncation)
         if len(faces) == 0:
             return verts, faces
@@ -255,8 +266,8 @@ class SDFMeshStage(TrainableStage):
         if part is not None:
             sl = split_part(batch, part)
             x0, points, emb = x0[sl], points[sl], emb[sl]
-        if cfg.frame != "cdm3d":  # the network's frame and units (distances scale with the coordinates)
-            points, x0 = self.to_net(points), torch.cat([self.to_net(x0[..., :3]), x0[..., 3:] * self.scale], -1)
+        if cfg.network.arch == "pointe":
+            raise InputError(f"stage '{self.name}': training Point-E's SDF model is not supported")
         pred = (net or self.net)(points, emb, x0[..., :3])
         tau = cfg.truncation
         return F.l1_loss(pred.float(), x0[..., 3].float().clamp(-tau, tau))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from cdm3d.core import STAGES, DiffusionStage, DiffusionStageConfig
@@ -47,6 +47,12 @@ class UpsamplePointsConfig(DiffusionStageConfig):
     frame: Frame = "cdm3d"  # the network's coordinate frame (points.coarse)
     # Refuse coarse clouds of another size than coarse_points (a network trained on one size only: Point-E's).
     exact_coarse_points: bool = False
+
+    @model_validator(mode="after")
+    def _check_frame(self) -> UpsamplePointsConfig:
+        if self.anchored and self.frame != "cdm3d":
+            raise ValueError("an anchored upsampler works in cdm3d's frame; frame must be 'cdm3d'")
+        return self
 
 
 @STAGES.register("points.upsample")

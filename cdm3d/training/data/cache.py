@@ -62,7 +62,7 @@ def _read_cache(path: Path, objects: int, tail: tuple[int, ...]) -> torch.Tensor
 
 
 def cached_objects(
-    cache_dir: str, name: str, objects: int, tail: tuple[int, ...], tag: int | None = None
+    cache_dir: str, name: str, objects: int, tail: tuple[int, ...], tag: int | str | None = None
 ) -> torch.Tensor | None:
     """Rows of a cache ``{name}-{M}x{tag}.npy`` (``tag``: default ``tail[0]``) with ``M >= objects`` (the
     smallest that reads), or None."""

@@ -3,7 +3,7 @@
 Each object is rendered ``views`` times from random cameras (:func:`cdm3d.render.random_camera`; with
 ``default_view`` the first view from the default camera, the view the image stages learn), optionally
 reframed so the object spans ``image_fill`` of the frame, and cached as
-``{cache_dir}/world-views-{split}-{M}x{views}x{size}[-d][-f0.75]-s{seed}.npy`` (uint8 ``[M, views, S, S, 3]``).
+``{cache_dir}/world-views-{split}-s{seed}-v{views}-{M}x{size}[-d][-f0.75].npy`` (uint8 ``[M, views, S, S, 3]``).
 A batch holds one view of distinct objects (so no caption matches two images), preprocessed as the CLIP
 preprocesses images in use, and one of ``caption_variants`` captions of each.
 """
