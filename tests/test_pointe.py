@@ -257,3 +257,14 @@ def test_point_e_options_that_do_not_fit_together_are_refused() -> None:
         build_stage({"type": "points.upsample", "anchored": True, "frame": "pointe"})
     with pytest.raises(ConfigError, match="must be a stage's only conditioning slot"):
         build_stage({"type": "points.coarse", "cond_keys": ["text", "image_grid"], "slot_tokens": {"image_grid": 4}})
+
+
+def test_cdm3d_bench_times_a_converted_image_model(tmp_path, capsys) -> None:
+    """Speed tooling works on converted folders too: the image-conditioned base gets a random image grid."""
+    from cdm3d.cli import main
+
+    up = fake("upsample", tmp_path / FILES["upsample"])
+    folder = convert_pointe(tmp_path / "image", base=fake("grid", tmp_path / FILES["grid"]), upsampler=up)
+    argv = ["bench", "--geometry", str(folder), "--steps", "1", "--batches", "1", "--repeats", "1"]
+    assert main([*argv, "--out", str(tmp_path / "b.json")]) == 0
+    assert "latency_batch1_s" in (tmp_path / "b.json").read_text()

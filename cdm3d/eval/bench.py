@@ -106,11 +106,20 @@ def point_cascade(geometry: str | Path, device: str) -> Cascade:
 
 
 def random_conditioning(cascade: Cascade, batch: int) -> Conditioning:
+    """Random unit CLIP embeddings in the text slot, and in every other slot a stage requires (a converted
+    image-conditioned Point-E model: a random image grid)."""
     dim = next(iter(cascade.stages.values())).config.embed_dim
     g = torch.Generator().manual_seed(0)
     text = torch.nn.functional.normalize(torch.randn(batch, dim, generator=g), dim=-1)
     null = torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=-1)
-    return Conditioning({"text": text}, {"text": null, "image": torch.zeros(dim)})
+    embeddings, nulls = {"text": text}, {"text": null, "image": torch.zeros(dim)}
+    for stage in cascade.stages.values():
+        cfg = stage.config
+        for key in getattr(cfg, "requires", []):
+            shape = (cfg.slot_tokens[key], cfg.embed_dim) if key in cfg.slot_tokens else (cfg.embed_dim,)
+            embeddings.setdefault(key, torch.randn(batch, *shape, generator=g))
+            nulls.setdefault(key, torch.zeros(shape))
+    return Conditioning(embeddings, nulls)
 
 
 def _sync(device: torch.device) -> None:
