@@ -301,8 +301,10 @@ def _pointe() -> str:
         w = d["speed"]["where_the_time_goes"]
         rows = [[k, f"{v['point_e_forward_s']:.3f}", f"{v['cdm3d_forward_s']:.3f}", str(v["network_calls_per_sample"])]
                 for k, v in w.items()]  # fmt: skip
-        parts.append("One network call at a sampling step's batch (the base guided: two samples):\n\n" + table(
-            ["network", "Point-E (s)", "cdm3d (s)", "calls per sample"], rows))
+        parts.append(
+            "One network call at a sampling step's batch (the base guided: two samples):\n\n"
+            + table(["network", "Point-E (s)", "cdm3d (s)", "calls per sample"], rows)
+        )
     return "\n\n".join(parts) or "Not measured."
 
 
