@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cdm3d.core.stage import split_part
 from cdm3d.eval.classifier import ImageClassifier, PointClassifier
 from cdm3d.training.recipe import ClassifierTraining
 
@@ -34,8 +35,6 @@ class ClassifierTrainee(nn.Module):
         net: nn.Module | None = None,
     ) -> torch.Tensor:
         if part is not None:
-            from cdm3d.core.stage import split_part
-
             sl = split_part(len(inputs), part)
             inputs, categories, colors = inputs[sl], categories[sl], colors[sl]
         cat, col = (net or self.net)(inputs)

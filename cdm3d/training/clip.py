@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cdm3d.core import ClipEncoder
+from cdm3d.core.stage import split_part
 from cdm3d.errors import ConfigError
 from cdm3d.training.recipe import ClipTraining
 
@@ -68,8 +69,6 @@ class ClipTrainee(nn.Module):
     ) -> torch.Tensor:
         """The contrastive loss of a batch (``part``: this data-parallel process's share, its own negatives)."""
         if part is not None:
-            from cdm3d.core.stage import split_part
-
             sl = split_part(len(pixels), part)
             pixels, tokens = pixels[sl], tokens[sl]
         cosine = self.config.prior_cosine if self.config.objective == "text_prior" else 0.0
